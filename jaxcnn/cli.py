@@ -1,0 +1,220 @@
+"""The ``jaxcnn`` command (also ``python -m jaxcnn``).
+
+The only module that parses arguments. Each subcommand is a thin driver over
+the library: ``train`` calls :func:`jaxcnn.run.train_and_evaluate`,
+``summary`` calls :func:`jaxcnn.models.summary`.
+
+Exit codes: 0 success; 2 bad input (a one-line message on stderr, no
+traceback); 3 training diverged (NaN/Inf loss); 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+from jaxcnn.errors import JaxcnnError, NonFiniteLossError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+
+log = logging.getLogger("jaxcnn")
+
+
+def _print_json(obj) -> None:
+    """Prints one JSON object as the last line of stdout (for scripts)."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------
+# train
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", metavar="NAME",
+                   help="zoo model: seed_cnn (default), keras_convnet, flax_cnn")
+    g.add_argument("--spec", metavar="TEXT",
+                   help="model spec text, e.g. 'conv(32,3) maxpool(2) flatten softmax' "
+                        "(grammar: docs/models.md)")
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model and evaluate it on the test split",
+        description="Train a CNN. With no arguments: the default model (seed_cnn) on the "
+                    "embedded 8x8 digits dataset. Writes a run directory with the config, "
+                    "history (JSONL, CSV), learning curves (PNG) and summary.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_model_args(p)
+    p.add_argument("--dataset", help="dataset name: digits (default, offline), "
+                   "synthetic:HxWxC:K, or another registered name")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", help="adam (default), adamw, sgd, rmsprop, adagrad")
+    p.add_argument("--schedule", help="learning-rate schedule: constant, warmup_cosine, step")
+    p.add_argument("--seed", type=int, help="root random seed")
+    p.add_argument("--validation", type=float, metavar="FRACTION",
+                   help="fraction of train held out for per-epoch validation")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without val_loss improvement")
+    p.add_argument("--num-devices", type=int, help="devices to shard each batch over")
+    p.add_argument("--dtype", help="computation dtype: float32 or bfloat16")
+    p.add_argument("--impl", help="conv/pool implementation: auto, xla, fast")
+    p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable)")
+    p.add_argument("--workdir", help="run directory (default runs/<dataset>-<model>-<time>)")
+    p.add_argument("--json", action="store_true",
+                   help="print the final metrics as one JSON object on the last line of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+
+def config_from_args(args: argparse.Namespace):
+    """Builds the run :class:`~jaxcnn.config.Config` from parsed ``train`` arguments."""
+    from jaxcnn.config import Config, override, parse_overrides
+
+    if args.config:
+        try:
+            with open(args.config) as f:
+                config = Config.from_json(f.read())
+        except OSError as e:
+            raise JaxcnnError(f"cannot read --config {args.config!r}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise JaxcnnError(f"--config {args.config!r} is not valid JSON: {e}") from None
+    else:
+        config = Config()
+    flags = {
+        "model.name": args.model or args.spec,
+        "data.dataset": args.dataset,
+        "train.epochs": args.epochs,
+        "data.batch_size": args.batch_size,
+        "optimizer.learning_rate": args.lr,
+        "optimizer.name": args.optimizer,
+        "optimizer.schedule": args.schedule,
+        "train.seed": args.seed,
+        "data.validation_fraction": args.validation,
+        "train.early_stopping_patience": args.early_stopping,
+        "train.num_devices": args.num_devices,
+        "model.dtype": args.dtype,
+        "model.impl": args.impl,
+    }
+    updates = {k: v for k, v in flags.items() if v is not None}
+    updates.update(parse_overrides(args.set))
+    return override(config, updates)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from jaxcnn.run import train_and_evaluate
+
+    config = config_from_args(args)
+    out = train_and_evaluate(config, args.workdir, progress=not args.quiet)
+    print(f"test accuracy {out['test_accuracy']:.4f}  test loss {out['test_loss']:.4f}  "
+          f"({out['train_seconds']:.1f}s training)  run directory: {out['workdir']}",
+          file=sys.stderr)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"test_accuracy={out['test_accuracy']:.4f} workdir={out['workdir']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# summary
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise JaxcnnError(f"--input-shape must look like 28x28x1 (HxWxC); got {text!r}")
+    return shape
+
+
+def _add_summary_parser(sub) -> None:
+    p = sub.add_parser("summary", help="print a model's layers, shapes, parameters and FLOPs",
+                       description="Print a Keras-like summary table of a model.")
+    _add_model_args(p)
+    p.add_argument("--input-shape", default="28x28x1", help="HxWxC of one image")
+    p.add_argument("--classes", type=int, default=10, help="number of classes")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from jaxcnn.models import DEFAULT_MODEL, build_model, summary
+
+    model = build_model(args.model or args.spec or DEFAULT_MODEL, args.classes)
+    s = summary(model, _parse_shape(args.input_shape))
+    if args.json:
+        _print_json(s.to_dict())
+    else:
+        print(s)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# main
+
+# Each entry adds one subcommand's parser; subcommands of later features append here.
+SUBCOMMANDS: list[Callable] = [_add_train_parser, _add_summary_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxcnn`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="jaxcnn",
+        description="Train, study and benchmark convolutional image classifiers in JAX.",
+        epilog="Run 'jaxcnn COMMAND --help' for a command's options. "
+               "Start with 'jaxcnn train'.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxcnn`` command; returns the exit code.
+
+    Example:
+      >>> main(["summary", "--model", "keras_convnet", "--json"])  # doctest: +ELLIPSIS
+      {"input_shape": [28, 28, 1], "params": 34826, ...}
+      0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    for noisy in ("absl", "jax", "jax._src.xla_bridge", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.command:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    if getattr(args, "compilation_cache", True):
+        from jaxcnn.env import enable_compilation_cache
+
+        enable_compilation_cache()
+    try:
+        return args.func(args)
+    except NonFiniteLossError as e:
+        print(f"jaxcnn: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except JaxcnnError as e:
+        print(f"jaxcnn: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("jaxcnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    """Console-script wrapper around :func:`main`."""
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Typed, frozen run configuration that round-trips through JSON.
+
+A run is described by one :class:`Config` holding four sections: ``model``,
+``optimizer``, ``data`` and ``train``. Every value is checked when the config
+is made; unknown keys are refused with the list of valid ones.
+
+Example:
+  >>> cfg = Config()
+  >>> cfg = override(cfg, {"optimizer.learning_rate": "3e-4", "train.epochs": 5})
+  >>> cfg.optimizer.learning_rate, cfg.train.epochs
+  (0.0003, 5)
+  >>> Config.from_json(cfg.to_json()) == cfg
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Mapping
+
+from jaxcnn.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "warmup_cosine", "step")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model to build.
+
+    Attributes:
+      name: a zoo name (``seed_cnn``, ``keras_convnet``, ``flax_cnn``) or spec
+        text (see :mod:`jaxcnn.models`).
+      dtype: computation dtype: ``float32`` or ``bfloat16`` (parameters stay float32).
+      impl: convolution/pooling implementation: ``auto``, ``xla`` or ``fast``.
+
+    Example:
+      >>> ModelConfig(name="conv(16,3) maxpool(2) flatten softmax").dtype
+      'float32'
+    """
+
+    name: str = "seed_cnn"
+    dtype: str = "float32"
+    impl: str = "auto"
+
+    def __post_init__(self):
+        _check(isinstance(self.name, str) and self.name.strip() != "",
+               "model.name must be a zoo name or spec text")
+        _check(self.dtype in ("float32", "bfloat16", "float16"),
+               f"model.dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
+        _check(self.impl in ("auto", "xla", "fast"),
+               f"model.impl must be auto, xla or fast; got {self.impl!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimiser and its learning-rate schedule.
+
+    Attributes:
+      name: ``adam`` (default), ``adamw``, ``sgd``, ``rmsprop`` or ``adagrad``.
+      learning_rate: peak learning rate (> 0).
+      b1, b2, eps: Adam's decay rates of the first and second moment
+        estimates and its denominator constant.
+      momentum: momentum for ``sgd`` and ``rmsprop`` (0 for none).
+      nesterov: Nesterov momentum for ``sgd``.
+      rho: decay rate of ``rmsprop``'s squared-gradient average.
+      weight_decay: decoupled weight decay for ``adamw``.
+      schedule: ``constant``, ``warmup_cosine`` (linear warm-up for
+        ``warmup_steps`` then cosine decay to ``end_factor * learning_rate`` at
+        the end of training) or ``step`` (multiply by ``step_factor`` at each
+        fraction of training in ``step_boundaries``).
+      grad_clip_norm: clip gradients to this global norm (None: no clipping).
+
+    Example:
+      >>> OptimizerConfig(learning_rate=3e-4, schedule="warmup_cosine", warmup_steps=100).name
+      'adam'
+    """
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0
+    nesterov: bool = False
+    rho: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    end_factor: float = 0.0
+    step_boundaries: tuple[float, ...] = (0.5, 0.75)
+    step_factor: float = 0.1
+    grad_clip_norm: float | None = None
+
+    def __post_init__(self):
+        _check(self.name in OPTIMIZERS,
+               f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
+        _check(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0,
+               f"optimizer.learning_rate must be > 0; got {self.learning_rate!r}. "
+               "Adam's usual value is 1e-3 (--lr 1e-3).")
+        _check(0 <= self.b1 < 1 and 0 <= self.b2 < 1,
+               f"optimizer.b1 and b2 must be in [0, 1); got {self.b1}, {self.b2}")
+        _check(self.eps > 0, f"optimizer.eps must be > 0; got {self.eps}")
+        _check(0 <= self.momentum < 1, f"optimizer.momentum must be in [0, 1); got {self.momentum}")
+        _check(0 < self.rho < 1, f"optimizer.rho must be in (0, 1); got {self.rho}")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+        _check(self.schedule in SCHEDULES,
+               f"optimizer.schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        _check(self.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0")
+        _check(all(0 < b < 1 for b in self.step_boundaries),
+               "optimizer.step_boundaries are fractions of training in (0, 1)")
+        _check(self.step_factor > 0, "optimizer.step_factor must be > 0")
+        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0,
+               "optimizer.grad_clip_norm must be > 0 or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data to train on and how to batch it.
+
+    Attributes:
+      dataset: ``digits`` (embedded, offline), ``synthetic:HxWxC:K`` or another
+        registered name (see :func:`jaxcnn.data.load_dataset`).
+      batch_size: training batch size (the last partial batch of an epoch is
+        dropped; every epoch reshuffles, so every example is still used).
+      eval_batch_size: evaluation batch size (every example is evaluated
+        exactly once: the last batch is padded and masked).
+      validation_fraction: fraction of the training split held out for
+        per-epoch validation when the dataset has no validation split (0: none).
+      normalize: standardise each channel with the training split's mean and std.
+      data_dir: where prepared datasets live (None: the library default).
+
+    Example:
+      >>> DataConfig(batch_size=64).dataset
+      'digits'
+    """
+
+    dataset: str = "digits"
+    batch_size: int = 32
+    eval_batch_size: int = 500
+    validation_fraction: float = 0.0
+    normalize: bool = True
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+               f"data.batch_size must be a positive int; got {self.batch_size!r}")
+        _check(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+               f"data.eval_batch_size must be a positive int; got {self.eval_batch_size!r}")
+        _check(0 <= self.validation_fraction < 1,
+               f"data.validation_fraction must be in [0, 1); got {self.validation_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train.
+
+    Attributes:
+      epochs: passes over the training split.
+      seed: the root seed; it is split into init, data-order and dropout keys.
+      early_stopping_patience: stop after this many epochs without improvement
+        of ``early_stopping_metric`` (0: off; needs validation data).
+      early_stopping_metric: ``val_loss`` (lower is better) or ``val_accuracy``.
+      restore_best: with early stopping, end on the best epoch's parameters.
+      log_every_seconds: how often the progress bar pulls metrics from the
+        device (a device sync); epochs always end with one.
+      num_devices: devices to shard each batch over (None: all local devices).
+
+    Example:
+      >>> TrainConfig(epochs=3).seed
+      0
+    """
+
+    epochs: int = 40
+    seed: int = 0
+    early_stopping_patience: int = 0
+    early_stopping_metric: str = "val_loss"
+    restore_best: bool = True
+    log_every_seconds: float = 1.0
+    num_devices: int | None = None
+
+    def __post_init__(self):
+        _check(isinstance(self.epochs, int) and self.epochs >= 1,
+               f"train.epochs must be a positive int; got {self.epochs!r}")
+        _check(isinstance(self.seed, int), f"train.seed must be an int; got {self.seed!r}")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0")
+        _check(self.early_stopping_metric in ("val_loss", "val_accuracy"),
+               "train.early_stopping_metric must be val_loss or val_accuracy")
+        _check(self.log_every_seconds > 0, "train.log_every_seconds must be > 0")
+        _check(self.num_devices is None or self.num_devices >= 1,
+               "train.num_devices must be >= 1 or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run: model, optimiser, data and training settings.
+
+    Example:
+      >>> Config().model.name
+      'seed_cnn'
+      >>> Config.from_dict({"train": {"epochs": 2}}).train.epochs
+      2
+    """
+
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (tuples become lists)."""
+        return json.loads(self.to_json())
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The config as JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        """Builds a config from nested dicts; missing keys take defaults.
+
+        Raises:
+          ConfigError: for an unknown key (the message lists the valid ones)
+            or a value of the wrong type.
+        """
+        return _from_dict(cls, d, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        """Builds a config from JSON text (see :meth:`from_dict`)."""
+        return cls.from_dict(json.loads(text))
+
+
+def _from_dict(cls, d: Mapping[str, Any], prefix: str):
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping; got {d!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(prefix + k for k in unknown)}; valid keys: "
+            f"{', '.join(prefix + k for k in fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Converts JSON/CLI values to the field's type (str -> number, list -> tuple)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list; got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}; got {value!r}") from None
+    return value
+
+
+def override(config: Config, updates: Mapping[str, Any]) -> Config:
+    """Returns ``config`` with dotted-key updates applied (``"train.epochs": 5``).
+
+    Values may be strings (as from the command line); they are converted to
+    the field's type. Unknown keys are refused with the valid ones listed.
+
+    Args:
+      config: the base config.
+      updates: ``{"section.field": value}``.
+
+    Returns:
+      A new, validated :class:`Config`.
+
+    Example:
+      >>> override(Config(), {"data.batch_size": "64"}).data.batch_size
+      64
+    """
+    d = config.to_dict()
+    for key, value in updates.items():
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in d:
+            raise ConfigError(
+                f"unknown config key {key!r}; keys look like section.field with section one of "
+                f"{', '.join(d)}"
+            )
+        section, field = parts
+        if field not in d[section]:
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys: "
+                f"{', '.join(f'{section}.{k}' for k in d[section])}"
+            )
+        d[section][field] = value
+    return Config.from_dict(d)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """Parses ``["train.epochs=5", ...]`` into a dict for :func:`override`.
+
+    Example:
+      >>> parse_overrides(["train.epochs=5", "optimizer.name=sgd"])
+      {'train.epochs': '5', 'optimizer.name': 'sgd'}
+    """
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. train.epochs=5); got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

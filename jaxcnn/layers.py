@@ -1,0 +1,403 @@
+"""The layers of a convolutional image classifier, as Flax linen modules.
+
+Every layer takes NHWC inputs and a keyword-only ``train`` flag where
+behaviour differs between training and evaluation (only :class:`Dropout`).
+Evaluation is the default: ``layer(x)`` never drops units.
+
+Names and arguments follow Keras, so a Keras model reads across directly:
+
+>>> import jax, jax.numpy as jnp
+>>> from jaxcnn.layers import Conv2D
+>>> conv = Conv2D(32, 3, padding="same")
+>>> variables = conv.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+>>> conv.apply(variables, jnp.zeros((4, 28, 28, 1))).shape
+(4, 28, 28, 32)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import ops
+from jaxcnn.errors import ShapeError
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array] | None] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "elu": nn.elu,
+    "selu": nn.selu,
+    "silu": nn.silu,
+    "swish": nn.swish,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "leaky_relu": nn.leaky_relu,
+    "linear": None,
+    "none": None,
+}
+PADDINGS = ("valid", "same")
+
+
+def _pair(value: int | tuple[int, int] | list[int], what: str, layer: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    else:
+        pair = tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ShapeError(
+            f"{layer}: {what} must be a positive int or a pair of them; got {value!r}"
+        )
+    return pair  # type: ignore[return-value]
+
+
+def _activation(name: str | None, layer: str) -> Callable[[Array], Array] | None:
+    if name is None:
+        return None
+    if callable(name):
+        return name
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ShapeError(
+            f"{layer}: unknown activation {name!r}; use one of {sorted(ACTIVATIONS)} or None"
+        )
+    return ACTIVATIONS[key]
+
+
+def _padding(padding: str, layer: str) -> str:
+    if str(padding).lower() not in PADDINGS:
+        raise ShapeError(f"{layer}: padding must be 'valid' or 'same'; got {padding!r}")
+    return str(padding).upper()
+
+
+def _check_nhwc(x: Array, layer: str) -> None:
+    if x.ndim != 4:
+        raise ShapeError(
+            f"{layer}: expects a batch of images shaped (N, H, W, C); got shape "
+            f"{tuple(x.shape)}. Add a channel axis (x[..., None]) for grayscale images."
+        )
+
+
+def _window_output(size: int, window: int, stride: int, padding: str) -> int:
+    if padding == "SAME":
+        return -(-size // stride)
+    return (size - window) // stride + 1
+
+
+def _check_window(x: Array, window, strides, padding: str, layer: str, what: str) -> None:
+    """Raises ShapeError when a window does not fit the feature map."""
+    _check_nhwc(x, layer)
+    h, w = x.shape[1], x.shape[2]
+    if padding == "VALID" and (window[0] > h or window[1] > w):
+        raise ShapeError(
+            f"{layer}: {what} {window[0]}x{window[1]} is larger than its input feature map "
+            f"{h}x{w} (input shape {tuple(x.shape)}, padding 'valid'). Use padding='same', a "
+            f"smaller {what}, fewer downsampling layers before it, or larger input images."
+        )
+    out = (_window_output(h, window[0], strides[0], padding),
+           _window_output(w, window[1], strides[1], padding))
+    if min(out) < 1:
+        raise ShapeError(f"{layer}: output would be empty ({out}) for input shape {tuple(x.shape)}")
+
+
+def _layer_name(module: nn.Module) -> str:
+    return f"{type(module).__name__} '{module.name}'" if module.name else type(module).__name__
+
+
+class Conv2D(nn.Module):
+    """2-D convolution over NHWC images, with optional bias and activation.
+
+    Computes ``act(conv(x, kernel) + bias)`` where ``kernel`` has shape
+    ``(kh, kw, C_in, filters)``; parameters = ``kh*kw*C_in*filters + filters``.
+
+    Attributes:
+      filters: number of output channels.
+      kernel_size: ``k`` or ``(kh, kw)``.
+      strides: ``s`` or ``(sh, sw)``.
+      padding: ``"valid"`` (no padding; output shrinks by ``k-1``) or ``"same"``
+        (zero padding so that output size = ``ceil(input / stride)``).
+      activation: name of an activation (``"relu"``, ...) or None for linear.
+      use_bias: add a learned bias per filter.
+      kernel_init, bias_init: initialisers (Glorot uniform and zeros, as Keras).
+      dtype: computation dtype (None: from inputs and params); params stay in
+        ``param_dtype``.
+      impl: ``"auto"``, ``"xla"`` or ``"fast"``: see :mod:`jaxcnn.ops`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> y, v = Conv2D(8, 3).init_with_output(jax.random.key(0), jnp.ones((2, 6, 6, 3)))
+      >>> y.shape, v["params"]["kernel"].shape
+      ((2, 4, 4, 8), (3, 3, 3, 8))
+    """
+
+    filters: int
+    kernel_size: int | tuple[int, int]
+    strides: int | tuple[int, int] = 1
+    padding: str = "valid"
+    activation: str | None = "relu"
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.glorot_uniform()
+    bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        name = _layer_name(self)
+        if not isinstance(self.filters, int) or self.filters < 1:
+            raise ShapeError(f"{name}: filters must be a positive int; got {self.filters!r}")
+        kernel_size = _pair(self.kernel_size, "kernel_size", name)
+        strides = _pair(self.strides, "strides", name)
+        padding = _padding(self.padding, name)
+        act = _activation(self.activation, name)
+        _check_window(x, kernel_size, strides, padding, name, "kernel")
+        kernel = self.param(
+            "kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.filters), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.filters,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = ops.conv2d(x, kernel, strides=strides, padding=padding, impl=self.impl)
+        if bias is not None:
+            y = y + bias
+        return act(y) if act is not None else y
+
+
+class _Pool2D(nn.Module):
+    pool_size: int | tuple[int, int] = 2
+    strides: int | tuple[int, int] | None = None
+    padding: str = "valid"
+
+    def _geometry(self, x: Array):
+        name = _layer_name(self)
+        window = _pair(self.pool_size, "pool_size", name)
+        strides = window if self.strides is None else _pair(self.strides, "strides", name)
+        padding = _padding(self.padding, name)
+        _check_window(x, window, strides, padding, name, "pool window")
+        return window, strides, padding
+
+
+class MaxPooling2D(_Pool2D):
+    """Max pooling: the largest value in each ``pool_size`` window, per channel.
+
+    No parameters. ``strides`` default to ``pool_size`` (non-overlapping
+    windows), so a 2x2 pool halves height and width.
+
+    Attributes:
+      pool_size: ``p`` or ``(ph, pw)``.
+      strides: ``s`` or ``(sh, sw)``; None means ``pool_size``.
+      padding: ``"valid"`` or ``"same"``.
+      impl: ``"auto"``, ``"xla"`` or ``"fast"``: see :mod:`jaxcnn.ops`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> MaxPooling2D(2).apply({}, jnp.ones((1, 28, 28, 32))).shape
+      (1, 14, 14, 32)
+    """
+
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        window, strides, padding = self._geometry(x)
+        return ops.max_pool(x, window, strides, padding, impl=self.impl)
+
+
+class AvgPooling2D(_Pool2D):
+    """Average pooling: the mean of each ``pool_size`` window, per channel.
+
+    Used by Flax's MNIST example CNN (see :func:`jaxcnn.models.flax_cnn`).
+
+    Attributes:
+      pool_size: ``p`` or ``(ph, pw)``.
+      strides: ``s`` or ``(sh, sw)``; None means ``pool_size``.
+      padding: ``"valid"`` or ``"same"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> AvgPooling2D(2).apply({}, jnp.ones((1, 8, 8, 4))).shape
+      (1, 4, 4, 4)
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        window, strides, padding = self._geometry(x)
+        return ops.avg_pool(x, window, strides, padding)
+
+
+class GlobalAvgPooling2D(nn.Module):
+    """Mean over height and width: ``(N, H, W, C) -> (N, C)``.
+
+    An alternative to :class:`Flatten` before the dense layers, with no
+    dependence of the parameter count on the image size.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> GlobalAvgPooling2D().apply({}, jnp.ones((2, 7, 7, 64))).shape
+      (2, 64)
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _check_nhwc(x, _layer_name(self))
+        return jnp.mean(x, axis=(1, 2))
+
+
+class Dropout(nn.Module):
+    """Inverted dropout.
+
+    While training, each unit is zeroed with probability ``rate`` and the kept
+    units are scaled by ``1 / (1 - rate)``, so the expected activation is
+    unchanged and nothing needs scaling at test time. In evaluation
+    (``train=False``, the default) the layer is the identity.
+
+    The mask comes from the ``"dropout"`` PRNG collection:
+    ``model.apply(v, x, train=True, rngs={"dropout": key})``. Training without
+    that key is an error, never a silent no-op.
+
+    Attributes:
+      rate: probability of dropping a unit, in ``[0, 1)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> d = Dropout(0.5)
+      >>> x = jnp.ones((1, 8))
+      >>> bool((d.apply({}, x) == x).all())  # evaluation: identity
+      True
+      >>> y = d.apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})
+      >>> sorted(set(y.ravel().tolist())) in ([0.0, 2.0], [2.0], [0.0])
+      True
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        name = _layer_name(self)
+        if not (isinstance(self.rate, (int, float)) and 0.0 <= self.rate < 1.0):
+            raise ShapeError(
+                f"{name}: rate must be in [0, 1); got {self.rate!r}. A rate of 1 would drop "
+                "every unit; use e.g. 0.5."
+            )
+        if not train or self.rate == 0.0:
+            return x
+        if not self.has_rng("dropout"):
+            raise ShapeError(
+                f"{name}: training with dropout needs a PRNG key: call "
+                "apply(..., train=True, rngs={'dropout': key}), or train=False to evaluate."
+            )
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+class Flatten(nn.Module):
+    """Flattens every axis but the batch axis: ``(N, H, W, C) -> (N, H*W*C)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> Flatten().apply({}, jnp.ones((2, 5, 5, 64))).shape
+      (2, 1600)
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return x.reshape((x.shape[0], -1))
+
+
+def _affine(module: nn.Module, x: Array, units: int, use_bias: bool) -> Array:
+    """``x @ kernel + bias`` with the module's initialisers and dtypes."""
+    kernel = module.param("kernel", module.kernel_init, (x.shape[-1], units), module.param_dtype)
+    bias = module.param("bias", module.bias_init, (units,), module.param_dtype) if use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+    y = jnp.dot(x, kernel)
+    return y + bias if bias is not None else y
+
+
+class Dense(nn.Module):
+    """Fully connected layer: ``act(x @ kernel + bias)`` over the last axis.
+
+    Attributes:
+      units: output features.
+      activation: activation name or None (linear).
+      use_bias: add a learned bias.
+      kernel_init, bias_init: Glorot uniform and zeros, as Keras.
+      dtype, param_dtype: computation and parameter dtypes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> y, v = Dense(10).init_with_output(jax.random.key(0), jnp.ones((2, 1600)))
+      >>> y.shape, v["params"]["kernel"].shape
+      ((2, 10), (1600, 10))
+    """
+
+    units: int
+    activation: str | None = None
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.glorot_uniform()
+    bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        name = _layer_name(self)
+        if not isinstance(self.units, int) or self.units < 1:
+            raise ShapeError(f"{name}: units must be a positive int; got {self.units!r}")
+        act = _activation(self.activation, name)
+        if x.ndim != 2:
+            raise ShapeError(
+                f"{name}: expects (N, features); got shape {tuple(x.shape)}. Put a Flatten "
+                "or GlobalAvgPooling2D layer before it."
+            )
+        y = _affine(self, x, self.units, self.use_bias)
+        return act(y) if act is not None else y
+
+
+class SoftmaxOutput(nn.Module):
+    """The classifier head: a dense layer with one unit per class.
+
+    It returns *logits* ``z``; the class probabilities are ``softmax(z)``.
+    Training feeds the logits to softmax cross-entropy
+    (``log_softmax`` computed stably, never ``log(softmax(z))``), and
+    :func:`jaxcnn.train.predict` applies the softmax. Keras's
+    ``Dense(n, activation="softmax")`` is the same layer with the softmax folded in.
+
+    Attributes:
+      num_classes: number of classes.
+      dtype, param_dtype: computation and parameter dtypes. Logits are always
+        returned in float32, so the loss is computed in full precision.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> head = SoftmaxOutput(10)
+      >>> logits, v = head.init_with_output(jax.random.key(0), jnp.ones((2, 64)))
+      >>> jnp.allclose(jax.nn.softmax(logits).sum(-1), 1.0).item()
+      True
+    """
+
+    num_classes: int
+    kernel_init: Callable = nn.initializers.glorot_uniform()
+    bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        name = _layer_name(self)
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ShapeError(f"{name}: num_classes must be an int >= 2; got {self.num_classes!r}")
+        if x.ndim != 2:
+            raise ShapeError(
+                f"{name}: expects (N, features); got shape {tuple(x.shape)}. Put a Flatten "
+                "or GlobalAvgPooling2D layer before the output layer."
+            )
+        return _affine(self, x, self.num_classes, True).astype(jnp.float32)

@@ -1,0 +1,653 @@
+"""Models: a Sequential container built from layer specs, a text form of the
+spec, the model zoo, and a Keras-like :func:`summary`.
+
+Spec text grammar
+-----------------
+A model is a sequence of layers separated by whitespace (or ``,`` / ``>``
+outside parentheses)::
+
+    spec   := layer (sep layer)*
+    layer  := NAME [ "(" [ arg ("," arg)* ] ")" ]
+    arg    := value | KEY "=" value
+    value  := INT | FLOAT | INT "x" INT | IDENT
+
+Layer names (case-insensitive) and their positional arguments:
+
+=====================================  ===============================  ======================
+name (aliases)                         positional arguments             layer
+=====================================  ===============================  ======================
+``conv`` (``conv2d``)                  filters, kernel_size, strides    :class:`~jaxcnn.layers.Conv2D`
+``maxpool`` (``pool``, ``max_pool``)   pool_size, strides               :class:`~jaxcnn.layers.MaxPooling2D`
+``avgpool`` (``avg_pool``)             pool_size, strides               :class:`~jaxcnn.layers.AvgPooling2D`
+``gap`` (``global_avg_pool``)          (none)                           :class:`~jaxcnn.layers.GlobalAvgPooling2D`
+``dropout``                            rate                             :class:`~jaxcnn.layers.Dropout`
+``flatten``                            (none)                           :class:`~jaxcnn.layers.Flatten`
+``dense``                              units, activation                :class:`~jaxcnn.layers.Dense`
+``softmax`` (``output``)               num_classes (default: dataset's) :class:`~jaxcnn.layers.SoftmaxOutput`
+=====================================  ===============================  ======================
+
+A bare identifier among a conv or pool layer's arguments is a padding
+(``same``/``valid``) or an activation (``relu``, ``none``, ...). ``3x3`` is a
+pair. Keywords are the layer's attribute names (``kernel`` and ``stride`` are
+accepted for ``kernel_size`` and ``strides``; ``bias`` for ``use_bias``).
+
+Example, the Keras MNIST convnet::
+
+    conv(32, 3) maxpool(2) conv(64, 3) maxpool(2) flatten dropout(0.5) softmax
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import layers as L
+from jaxcnn.errors import ShapeError, SpecError
+
+# ---------------------------------------------------------------------------
+# Layer specs
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """A layer as plain, hashable data: its class name and its arguments.
+
+    Sequential models hold specs rather than modules, so a model's
+    architecture is a value that can be compared, hashed, written to JSON and
+    printed as spec text.
+
+    Attributes:
+      kind: the layer class name, e.g. ``"Conv2D"``.
+      args: ``(name, value)`` pairs of the layer's non-default arguments.
+
+    Example:
+      >>> spec = LayerSpec.of(L.Conv2D(32, 3, padding="same"))
+      >>> spec
+      LayerSpec(kind='Conv2D', args=(('filters', 32), ('kernel_size', 3), ('padding', 'same')))
+      >>> spec.text()
+      'conv(32, 3, padding=same)'
+    """
+
+    kind: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def of(layer: "nn.Module | LayerSpec") -> "LayerSpec":
+        """Returns the spec of an (unbound) layer module, or ``layer`` if already a spec."""
+        if isinstance(layer, LayerSpec):
+            return layer
+        kind = type(layer).__name__
+        if kind not in LAYER_TYPES:
+            raise SpecError(f"{kind} is not a jaxcnn layer; use one of {sorted(LAYER_TYPES)}")
+        args = []
+        for f in dataclasses.fields(layer):
+            if f.name in ("parent", "name") or f.name in _COMMON_FIELDS or not f.init:
+                continue
+            value = getattr(layer, f.name)
+            if (f.default is not dataclasses.MISSING and value == f.default
+                    and f.name not in _ALWAYS):
+                continue
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                pass  # required argument: always recorded
+            elif callable(value) and not isinstance(value, str):
+                raise SpecError(
+                    f"{kind}.{f.name} is a custom function; specs hold only plain values. Build "
+                    "the model as your own linen module to use custom initialisers."
+                )
+            args.append((f.name, _freeze(value)))
+        return LayerSpec(kind, tuple(args))
+
+    def kwargs(self) -> dict[str, Any]:
+        """The arguments as a dict."""
+        return dict(self.args)
+
+    def build(self, **common: Any) -> nn.Module:
+        """Instantiates the layer module.
+
+        ``common`` holds name, parent, dtype and impl; each applies where the
+        layer has that attribute (None values are skipped, except parent).
+        """
+        cls = LAYER_TYPES[self.kind]
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in common.items()
+                 if k == "parent" or (k in names and v is not None)}
+        try:
+            return cls(**self.kwargs(), **extra)
+        except TypeError as e:
+            raise SpecError(f"{self.kind}: {e}") from None
+
+    def text(self) -> str:
+        """The spec text of this layer (the inverse of :func:`parse_spec`)."""
+        name = _TEXT_NAME[self.kind]
+        kwargs = self.kwargs()
+        positional = []
+        for key in _POSITIONAL[self.kind]:
+            if key not in kwargs:
+                break
+            positional.append(_fmt(kwargs.pop(key)))
+        parts = positional + [f"{k}={_fmt(v)}" for k, v in kwargs.items()]
+        return f"{name}({', '.join(parts)})" if parts else name
+
+
+def _freeze(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _fmt(value) -> str:
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+LAYER_TYPES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (
+        L.Conv2D,
+        L.MaxPooling2D,
+        L.AvgPooling2D,
+        L.GlobalAvgPooling2D,
+        L.Dropout,
+        L.Flatten,
+        L.Dense,
+        L.SoftmaxOutput,
+    )
+}
+# Arguments recorded even at their default value, because they make a spec readable.
+_ALWAYS = {"pool_size"}
+# Fields set for the whole model by Sequential, not per layer in a spec.
+_COMMON_FIELDS = {"dtype", "param_dtype", "impl"}
+_ALIASES = {
+    "conv": "Conv2D", "conv2d": "Conv2D",
+    "maxpool": "MaxPooling2D", "pool": "MaxPooling2D", "max_pool": "MaxPooling2D",
+    "maxpooling2d": "MaxPooling2D", "max_pooling2d": "MaxPooling2D",
+    "avgpool": "AvgPooling2D", "avg_pool": "AvgPooling2D", "avgpooling2d": "AvgPooling2D",
+    "averagepooling2d": "AvgPooling2D",
+    "gap": "GlobalAvgPooling2D", "global_avg_pool": "GlobalAvgPooling2D",
+    "globalaveragepooling2d": "GlobalAvgPooling2D", "globalavgpooling2d": "GlobalAvgPooling2D",
+    "dropout": "Dropout",
+    "flatten": "Flatten",
+    "dense": "Dense", "linear": "Dense",
+    "softmax": "SoftmaxOutput", "output": "SoftmaxOutput", "softmaxoutput": "SoftmaxOutput",
+}
+_TEXT_NAME = {
+    "Conv2D": "conv", "MaxPooling2D": "maxpool", "AvgPooling2D": "avgpool",
+    "GlobalAvgPooling2D": "gap", "Dropout": "dropout", "Flatten": "flatten",
+    "Dense": "dense", "SoftmaxOutput": "softmax",
+}
+_POSITIONAL = {
+    "Conv2D": ("filters", "kernel_size", "strides"),
+    "MaxPooling2D": ("pool_size", "strides"),
+    "AvgPooling2D": ("pool_size", "strides"),
+    "GlobalAvgPooling2D": (),
+    "Dropout": ("rate",),
+    "Flatten": (),
+    "Dense": ("units", "activation"),
+    "SoftmaxOutput": ("num_classes",),
+}
+_KEY_ALIASES = {"kernel": "kernel_size", "stride": "strides", "bias": "use_bias",
+                "act": "activation", "pool": "pool_size", "classes": "num_classes"}
+_SPEC_KEYS = {
+    "Conv2D": ("filters", "kernel_size", "strides", "padding", "activation", "use_bias"),
+    "MaxPooling2D": ("pool_size", "strides", "padding"),
+    "AvgPooling2D": ("pool_size", "strides", "padding"),
+    "GlobalAvgPooling2D": (),
+    "Dropout": ("rate",),
+    "Flatten": (),
+    "Dense": ("units", "activation", "use_bias"),
+    "SoftmaxOutput": ("num_classes",),
+}
+
+# ---------------------------------------------------------------------------
+# Spec text parsing
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<pair>\d+x\d+)|(?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)"
+    r"|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),=>|;]))"
+)
+
+
+def _tokenize(text: str) -> list[tuple[str, str, int]]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise SpecError(_point(text, pos, f"unexpected character {text[pos]!r}"))
+        kind = m.lastgroup
+        start = m.start(kind)
+        tokens.append((kind, m.group(kind), start))
+        pos = m.end()
+    return tokens
+
+
+def _point(text: str, pos: int, message: str) -> str:
+    return f"{message} at position {pos} of the spec\n  {text}\n  {' ' * pos}^"
+
+
+def _value(kind: str, tok: str):
+    if kind == "pair":
+        a, b = tok.split("x")
+        return (int(a), int(b))
+    if kind == "num":
+        return float(tok) if any(c in tok for c in ".eE") else int(tok)
+    low = tok.lower()
+    return {"none": None, "true": True, "false": False}.get(low, low)
+
+
+def parse_spec(text: str) -> list[LayerSpec]:
+    """Parses spec text into a list of :class:`LayerSpec` (grammar: module docstring).
+
+    Args:
+      text: e.g. ``"conv(32, 3) maxpool(2) flatten softmax"``.
+
+    Returns:
+      The layer specs, in order.
+
+    Raises:
+      SpecError: with the position of the bad token marked.
+
+    Example:
+      >>> [s.text() for s in parse_spec("conv(32,3x3,same) pool(2) flatten dense(10)")]
+      ['conv(32, 3x3, padding=same)', 'maxpool(2)', 'flatten', 'dense(10)']
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError("the model spec is empty; e.g. 'conv(32,3) maxpool(2) flatten softmax'")
+    tokens = _tokenize(text)
+    specs: list[LayerSpec] = []
+    i = 0
+    while i < len(tokens):
+        kind, tok, pos = tokens[i]
+        if kind == "punct" and tok in ",>|;":
+            i += 1
+            continue
+        if kind != "ident":
+            raise SpecError(_point(text, pos, f"expected a layer name, found {tok!r}"))
+        layer = _ALIASES.get(tok.lower())
+        if layer is None:
+            raise SpecError(
+                _point(text, pos, f"unknown layer {tok!r}")
+                + f"\nknown layers: {', '.join(sorted(set(_TEXT_NAME.values())))}"
+            )
+        i += 1
+        args: dict[str, Any] = {}
+        if i < len(tokens) and tokens[i][1] == "(":
+            i += 1
+            positional = list(_POSITIONAL[layer])
+            while i < len(tokens) and tokens[i][1] != ")":
+                akind, atok, apos = tokens[i]
+                if akind == "punct" and atok == ",":
+                    i += 1
+                    continue
+                if akind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
+                    key = _KEY_ALIASES.get(atok.lower(), atok.lower())
+                    if key not in _SPEC_KEYS[layer]:
+                        raise SpecError(
+                            _point(text, apos, f"{_TEXT_NAME[layer]} has no argument {atok!r}")
+                            + f"\nvalid arguments: {', '.join(_SPEC_KEYS[layer]) or '(none)'}"
+                        )
+                    if i + 2 >= len(tokens) or tokens[i + 2][0] == "punct":
+                        raise SpecError(_point(text, tokens[i + 1][2], f"missing value for {atok}"))
+                    vkind, vtok, _ = tokens[i + 2]
+                    args[key] = _value(vkind, vtok)
+                    i += 3
+                    continue
+                if akind == "punct":
+                    raise SpecError(_point(text, apos, f"unexpected {atok!r}"))
+                value = _value(akind, atok)
+                key = _positional_key(layer, value, positional, akind)
+                if key is None:
+                    raise SpecError(
+                        _point(text, apos, f"too many or unexpected arguments for {_TEXT_NAME[layer]}")
+                        + f"\npositional arguments: {', '.join(_POSITIONAL[layer]) or '(none)'}"
+                    )
+                args[key] = value
+                i += 1
+            if i >= len(tokens):
+                raise SpecError(_point(text, len(text), "missing ')'"))
+            i += 1  # skip ")"
+        specs.append(_checked_spec(layer, args, text, pos))
+    return specs
+
+
+def _positional_key(layer: str, value, positional: list[str], kind: str) -> str | None:
+    if kind == "ident" and layer in ("Conv2D", "MaxPooling2D", "AvgPooling2D"):
+        if value in L.PADDINGS:
+            return "padding"
+        if layer == "Conv2D" and (value is None or value in L.ACTIVATIONS):
+            return "activation"
+        return None
+    if kind == "ident" and layer == "Dense" and (value is None or value in L.ACTIVATIONS):
+        if "activation" in positional:
+            positional.remove("activation")
+        return "activation"
+    return positional.pop(0) if positional else None
+
+
+def _checked_spec(layer: str, args: dict[str, Any], text: str, pos: int) -> LayerSpec:
+    cls = LAYER_TYPES[layer]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    missing = [
+        n for n, f in fields.items()
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        and n not in ("parent", "name") and n not in args and n != "num_classes"
+    ]
+    if missing:
+        raise SpecError(_point(text, pos, f"{_TEXT_NAME[layer]} needs {', '.join(missing)}"))
+    # Canonical form: arguments equal to the layer's default are left out, as LayerSpec.of does.
+    for key in _ALWAYS & set(_SPEC_KEYS[layer]):
+        args.setdefault(key, fields[key].default)
+    ordered = tuple((k, args[k]) for k in _SPEC_KEYS[layer]
+                    if k in args and (k in _ALWAYS or not (
+                        fields[k].default is not dataclasses.MISSING
+                        and args[k] == fields[k].default)))
+    return LayerSpec(layer, ordered)
+
+
+def to_spec(layers: Iterable["nn.Module | LayerSpec"]) -> str:
+    """Returns the spec text of a list of layers (modules or specs).
+
+    Example:
+      >>> to_spec([L.Conv2D(32, 3), L.MaxPooling2D(2), L.Flatten(), L.SoftmaxOutput(10)])
+      'conv(32, 3) maxpool(2) flatten softmax(10)'
+    """
+    return " ".join(LayerSpec.of(layer).text() for layer in layers)
+
+
+# ---------------------------------------------------------------------------
+# The Sequential model
+
+
+class Sequential(nn.Module):
+    """A stack of layers applied in order; returns class logits.
+
+    Attributes:
+      layers: the layer specs (see :class:`LayerSpec`, :func:`parse_spec`,
+        :func:`build_model`).
+      dtype: computation dtype for every layer (``"bfloat16"`` for mixed
+        precision); parameters stay float32 and logits are float32.
+      impl: convolution and pooling implementation (:mod:`jaxcnn.ops`).
+
+    Call it as ``model.apply(variables, images, train=False)``; with
+    ``train=True`` pass ``rngs={"dropout": key}``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> model = build_model("conv(8,3) maxpool(2) flatten softmax", num_classes=10)
+      >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+      >>> model.apply(variables, jnp.zeros((5, 8, 8, 1))).shape
+      (5, 10)
+    """
+
+    layers: tuple[LayerSpec, ...]
+    dtype: str | None = None
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if x.ndim == 3:  # a batch of grayscale images without a channel axis
+            x = x[..., None]
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        for name, spec in layer_names(self.layers):
+            layer = spec.build(name=name, dtype=self.dtype, impl=self.impl)
+            x = layer(x, train=train) if isinstance(layer, L.Dropout) else layer(x)
+        return x
+
+
+def layer_names(specs: Iterable[LayerSpec]) -> list[tuple[str, LayerSpec]]:
+    """Pairs each spec with its Keras-style name (``conv2d_1``, ..., ``output``).
+
+    Example:
+      >>> [n for n, _ in layer_names(model_spec("keras_convnet"))][:3]
+      ['conv2d_1', 'max_pooling2d_1', 'conv2d_2']
+    """
+    counts: dict[str, int] = {}
+    out = []
+    for spec in specs:
+        spec = LayerSpec.of(spec)
+        base = _snake(spec.kind)
+        counts[base] = counts.get(base, 0) + 1
+        out.append(("output" if spec.kind == "SoftmaxOutput" else f"{base}_{counts[base]}", spec))
+    return out
+
+
+def _snake(name: str) -> str:
+    return {"Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AvgPooling2D": "avg_pooling2d",
+            "GlobalAvgPooling2D": "global_avg_pooling2d"}.get(name) or re.sub(
+                r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+# ---------------------------------------------------------------------------
+# The zoo
+
+ZOO: dict[str, tuple[str, str]] = {
+    "seed_cnn": (
+        "conv(32, 3, padding=same) maxpool(2) dropout(0.25) "
+        "conv(64, 3, padding=same) maxpool(2) dropout(0.25) "
+        "flatten dense(128, relu) dropout(0.5) softmax",
+        "Two Conv+ReLU / MaxPool / Dropout 0.25 blocks (32, 64 filters, 'same' padding), "
+        "Dense 128, Dropout 0.5, softmax. Fits 8x8 digits as well as 28x28 and 32x32 images.",
+    ),
+    "keras_convnet": (
+        "conv(32, 3) maxpool(2) conv(64, 3) maxpool(2) flatten dropout(0.5) softmax",
+        "The Keras 'simple MNIST convnet' example: 34,826 parameters on 28x28x1, 10 classes.",
+    ),
+    "flax_cnn": (
+        "conv(32, 3, padding=same) avgpool(2) conv(64, 3, padding=same) avgpool(2) "
+        "flatten dense(256, relu) softmax",
+        "The CNN of Flax's linen MNIST example: 824,458 parameters on 28x28x1, 10 classes.",
+    ),
+}
+DEFAULT_MODEL = "seed_cnn"
+
+
+def model_spec(name_or_spec: str) -> list[LayerSpec]:
+    """Returns the layer specs of a zoo model name, or parses spec text.
+
+    Example:
+      >>> len(model_spec("keras_convnet"))
+      7
+    """
+    key = name_or_spec.strip()
+    if key in ZOO:
+        return parse_spec(ZOO[key][0])
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) and key.lower() not in _ALIASES:
+        raise SpecError(f"unknown model {key!r}; known models: {', '.join(sorted(ZOO))}, or "
+                        "give spec text such as 'conv(32,3) maxpool(2) flatten softmax'")
+    return parse_spec(key)
+
+
+def build_model(
+    model: "str | Sequence[nn.Module | LayerSpec]",
+    num_classes: int | None = None,
+    *,
+    dtype: str | None = None,
+    impl: str = "auto",
+) -> Sequential:
+    """Builds a :class:`Sequential` model from a zoo name, spec text or layers.
+
+    The output layer's class count is filled from ``num_classes`` when the
+    spec leaves it out; a softmax output is appended when the spec has none.
+
+    Args:
+      model: a zoo name (``"seed_cnn"``, ``"keras_convnet"``, ``"flax_cnn"``),
+        spec text, or a list of layer modules / :class:`LayerSpec`.
+      num_classes: the number of classes of the data.
+      dtype: computation dtype (None for float32 everywhere, or ``"bfloat16"``).
+      impl: ``"auto"``, ``"xla"`` or ``"fast"`` (:mod:`jaxcnn.ops`).
+
+    Returns:
+      An unbound :class:`Sequential`.
+
+    Example:
+      >>> from jaxcnn.layers import Conv2D, MaxPooling2D, Flatten, Dense
+      >>> m = build_model([Conv2D(16, 3), MaxPooling2D(2), Flatten(), Dense(32, "relu")], 10)
+      >>> to_spec(m.layers)
+      'conv(16, 3) maxpool(2) flatten dense(32, relu) softmax(10)'
+    """
+    specs = model_spec(model) if isinstance(model, str) else [LayerSpec.of(m) for m in model]
+    if not specs:
+        raise SpecError("the model has no layers")
+    if specs[-1].kind != "SoftmaxOutput":
+        if num_classes is None:
+            raise SpecError("the model has no output layer and num_classes is not known; end "
+                            "the spec with 'softmax(N)' or pass num_classes")
+        specs.append(LayerSpec("SoftmaxOutput", ()))
+    for i, spec in enumerate(specs):
+        if spec.kind == "SoftmaxOutput" and i != len(specs) - 1:
+            raise SpecError(f"the softmax output must be the last layer; found it at layer {i + 1} "
+                            f"of {len(specs)}")
+    out = specs[-1].kwargs()
+    if "num_classes" not in out:
+        if num_classes is None:
+            raise SpecError("the output layer's number of classes is not known; write "
+                            "'softmax(N)' or pass num_classes")
+        specs[-1] = LayerSpec("SoftmaxOutput", (("num_classes", int(num_classes)),))
+    elif num_classes is not None and out["num_classes"] != num_classes:
+        raise SpecError(f"the spec's output layer has {out['num_classes']} classes but the data has "
+                        f"{num_classes}; write 'softmax' to take the data's count")
+    if dtype not in (None, "float32", "bfloat16", "float16"):
+        raise SpecError(f"dtype must be float32, bfloat16 or float16; got {dtype!r}")
+    return Sequential(tuple(specs), dtype=None if dtype == "float32" else dtype, impl=impl)
+
+
+# ---------------------------------------------------------------------------
+# Summary
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    """One row of a :class:`ModelSummary`: a layer's output shape, parameters, FLOPs."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    flops: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """Per-layer output shapes, parameter counts and forward FLOPs per image.
+
+    FLOPs count a multiply-add as 2; they are for one image's forward pass.
+
+    Attributes:
+      input_shape: ``(H, W, C)``.
+      rows: one :class:`LayerRow` per layer.
+    """
+
+    input_shape: tuple[int, ...]
+    rows: tuple[LayerRow, ...]
+
+    @property
+    def params(self) -> int:
+        """Total parameter count."""
+        return sum(r.params for r in self.rows)
+
+    @property
+    def flops(self) -> int:
+        """Total forward FLOPs per image."""
+        return sum(r.flops for r in self.rows)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of the summary."""
+        return {
+            "input_shape": list(self.input_shape),
+            "params": self.params,
+            "flops_per_image": self.flops,
+            "layers": [dataclasses.asdict(r) | {"output_shape": list(r.output_shape)}
+                       for r in self.rows],
+        }
+
+    def __str__(self) -> str:
+        head = ("Layer (type)", "Output shape", "Params", "FLOPs")
+        body = [(f"{r.name} ({r.kind})", str(r.output_shape), f"{r.params:,}", _si(r.flops))
+                for r in self.rows]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(4)]
+        line = lambda row: "  ".join(  # noqa: E731
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        rule = "-" * len(line(head))
+        return "\n".join([
+            f"Input shape: {self.input_shape}", rule, line(head), rule,
+            *map(line, body), rule,
+            f"Total params: {self.params:,}",
+            f"Forward FLOPs per image: {_si(self.flops)} ({self.flops:,})",
+        ])
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def summary(model: Sequential, input_shape: Sequence[int]) -> ModelSummary:
+    """Computes each layer's output shape, parameters and FLOPs (per image).
+
+    Shapes are checked on the way: a layer that does not fit its input raises
+    :class:`~jaxcnn.errors.ShapeError` naming the layer. Nothing is computed on
+    a device (shapes come from ``jax.eval_shape``).
+
+    Args:
+      model: a :class:`Sequential`.
+      input_shape: ``(H, W, C)`` (or ``(H, W)`` for grayscale).
+
+    Returns:
+      A :class:`ModelSummary`; ``print()`` it for a Keras-like table.
+
+    Example:
+      >>> s = summary(build_model("keras_convnet", 10), (28, 28, 1))
+      >>> s.params
+      34826
+      >>> [r.output_shape for r in s.rows][:2]
+      [(26, 26, 32), (13, 13, 32)]
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ShapeError(f"input_shape must be (H, W, C); got {tuple(input_shape)}")
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    rows = []
+    for name, spec in layer_names(model.layers):
+        layer = spec.build(parent=None, name=name, dtype=model.dtype, impl=model.impl)
+        y, variables = jax.eval_shape(
+            lambda v, layer=layer: layer.init_with_output(jax.random.key(0), v), x)
+        params = sum(math.prod(p.shape) for p in jax.tree.leaves(variables))
+        rows.append(LayerRow(name, type(layer).__name__, tuple(y.shape[1:]), int(params),
+                             int(_flops(layer, x.shape[1:], y.shape[1:]))))
+        x = jax.ShapeDtypeStruct(y.shape, jnp.float32)
+    return ModelSummary(shape, tuple(rows))
+
+
+def _flops(layer: nn.Module, in_shape, out_shape) -> int:
+    """Forward FLOPs of one image: 2 per multiply-add, 1 per add, compare or activation."""
+    out = math.prod(out_shape)
+    if isinstance(layer, L.Conv2D):
+        kh, kw = (layer.kernel_size,) * 2 if isinstance(layer.kernel_size, int) else layer.kernel_size
+        flops = 2 * out * kh * kw * in_shape[-1]
+        return flops + out * (int(layer.use_bias) + int(layer.activation not in (None, "linear", "none")))
+    if isinstance(layer, (L.Dense, L.SoftmaxOutput)):
+        bias = int(getattr(layer, "use_bias", True))
+        act = int(getattr(layer, "activation", None) not in (None, "linear", "none"))
+        return 2 * out * in_shape[-1] + out * (bias + act)
+    if isinstance(layer, (L.MaxPooling2D, L.AvgPooling2D)):
+        ph, pw = (layer.pool_size,) * 2 if isinstance(layer.pool_size, int) else layer.pool_size
+        return out * ph * pw
+    if isinstance(layer, L.GlobalAvgPooling2D):
+        return math.prod(in_shape)
+    return 0

@@ -1,0 +1,264 @@
+"""A whole training run from a :class:`~jaxcnn.config.Config`: what ``jaxcnn train`` does.
+
+:func:`train_and_evaluate` follows one path: config -> dataset -> model ->
+train state -> :func:`jaxcnn.train.fit` -> test evaluation -> run directory.
+Every check on the user's input (spec, shapes, batch size, devices) happens
+before the first step.
+
+The run directory holds:
+
+* ``config.json``: the resolved config;
+* ``meta.json``: dataset metadata, the preprocessing statistics, the model
+  spec and parameter count, versions and device;
+* ``history.jsonl`` and ``history.csv``: one record per epoch;
+* ``learning_curves.png``: loss and accuracy per epoch;
+* ``summary.json``: the final metrics (``test_accuracy``, ``test_loss``,
+  ``train_seconds``, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import re
+import time
+
+import jax
+
+from jaxcnn import env, sharding as shd
+from jaxcnn.config import Config
+from jaxcnn.data import Dataset, Preprocess, load_dataset
+from jaxcnn.errors import ConfigError, JaxcnnError
+from jaxcnn.models import Sequential, build_model, summary, to_spec
+from jaxcnn.train import (FitResult, TrainState, create_train_state, evaluate, fit,
+                          learning_rate_schedule, make_optimizer, split_keys)
+
+log = logging.getLogger("jaxcnn")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run is built from, before training starts.
+
+    Attributes:
+      config: the resolved config.
+      dataset: the loaded data.
+      preprocess: the input transform fitted on the training split.
+      model: the model.
+      state: the initial train state.
+      keys: the run's keys.
+      mesh: the device mesh.
+      steps_per_epoch: training steps per epoch.
+    """
+
+    config: Config
+    dataset: Dataset
+    preprocess: Preprocess
+    model: Sequential
+    state: TrainState
+    keys: object
+    mesh: object
+    steps_per_epoch: int
+
+    def meta(self) -> dict:
+        """JSON-ready description of the run (dataset, preprocessing, model, environment)."""
+        s = summary(self.model, self.dataset.image_shape)
+        return {
+            "dataset": self.dataset.metadata(),
+            "preprocess": self.preprocess.to_dict(),
+            "model": {"spec": to_spec(self.model.layers), "params": s.params,
+                      "flops_per_image": s.flops},
+            "steps_per_epoch": self.steps_per_epoch,
+            "versions": env.versions(),
+            "device": env.device_info(),
+            "git_commit": env.git_commit(),
+        }
+
+
+def prepare(config: Config, dataset: Dataset | None = None) -> Run:
+    """Loads the data, builds the model and checks that everything fits.
+
+    Args:
+      config: the run's config.
+      dataset: use this dataset instead of ``config.data.dataset``.
+
+    Returns:
+      A :class:`Run`, ready for :func:`jaxcnn.train.fit`.
+
+    Raises:
+      JaxcnnError: a bad spec, a shape that does not fit, a batch size that
+        does not fit the data or the devices, an unknown dataset.
+
+    Example:
+      >>> run = prepare(Config())
+      >>> run.steps_per_epoch, run.dataset.name
+      (44, 'digits')
+    """
+    if dataset is None:
+        dataset = load_dataset(config.data.dataset,
+                               validation_fraction=config.data.validation_fraction,
+                               seed=config.train.seed, data_dir=config.data.data_dir)
+    model = build_model(config.model.name, dataset.num_classes,
+                        dtype=config.model.dtype, impl=config.model.impl)
+    summary(model, dataset.image_shape)  # raises ShapeError naming the layer that does not fit
+    mesh = shd.make_mesh(config.train.num_devices)
+    shd.check_batch_size(config.data.batch_size, mesh)
+    steps_per_epoch = len(dataset.train) // config.data.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} is larger than the training split "
+            f"({len(dataset.train)} examples); use --batch-size {len(dataset.train)} or less")
+    preprocess = Preprocess.fit(dataset.train.images, normalize=config.data.normalize)
+    keys = split_keys(config.train.seed)
+    tx = make_optimizer(config.optimizer, config.train.epochs * steps_per_epoch)
+    state = create_train_state(model, dataset.image_shape, tx, keys.init)
+    return Run(config, dataset, preprocess, model, state, keys, mesh, steps_per_epoch)
+
+
+def default_workdir(config: Config, root: str = "runs") -> str:
+    """``runs/<dataset>-<model>-<UTC time>``; spec text is named ``custom``.
+
+    Example:
+      >>> default_workdir(Config()).startswith("runs/digits-seed_cnn-")
+      True
+    """
+    model = config.model.name if re.fullmatch(r"\w+", config.model.name) else "custom"
+    data = re.sub(r"[^\w.-]+", "_", config.data.dataset)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return os.path.join(root, f"{data}-{model}-{stamp}")
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str | None = None,
+    *,
+    dataset: Dataset | None = None,
+    progress: bool = True,
+    callbacks=(),
+) -> dict:
+    """Trains, evaluates on the test split and writes the run directory.
+
+    Args:
+      config: the run's config.
+      workdir: the run directory (created; default :func:`default_workdir`).
+      dataset: train on this dataset instead of ``config.data.dataset``.
+      progress: show a progress bar on stderr.
+      callbacks: extra :class:`~jaxcnn.train.Callback` hooks for ``fit``.
+
+    Returns:
+      The final metrics, also written to ``summary.json``: ``test_accuracy``,
+      ``test_loss``, ``train_seconds``, ``epochs``, ``steps``, ``params``,
+      ``images_per_s``, ``workdir``, and ``val_accuracy`` with validation data.
+
+    Example:
+      >>> import tempfile
+      >>> from jaxcnn.config import override
+      >>> cfg = override(Config(), {"train.epochs": 1})
+      >>> out = train_and_evaluate(cfg, tempfile.mkdtemp(), progress=False)
+      >>> 0.0 <= out["test_accuracy"] <= 1.0
+      True
+    """
+    t_start = time.perf_counter()
+    run = prepare(config, dataset)
+    workdir = workdir or default_workdir(config)
+    _make_workdir(workdir)
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    meta = run.meta()
+    _write_json(os.path.join(workdir, "meta.json"), meta)
+    log.info("model %s: %s parameters; data %s: %s", config.model.name,
+             f"{meta['model']['params']:,}", run.dataset.name, meta["dataset"]["splits"])
+
+    t_fit = time.perf_counter()
+    result: FitResult = fit(
+        run.state, run.dataset, keys=run.keys, epochs=config.train.epochs,
+        batch_size=config.data.batch_size, preprocess=run.preprocess,
+        eval_batch_size=config.data.eval_batch_size, mesh=run.mesh,
+        learning_rate=learning_rate_schedule(config.optimizer,
+                                             config.train.epochs * run.steps_per_epoch),
+        early_stopping_patience=config.train.early_stopping_patience,
+        early_stopping_metric=config.train.early_stopping_metric,
+        restore_best=config.train.restore_best,
+        log_every_seconds=config.train.log_every_seconds,
+        callbacks=callbacks, progress=progress)
+    train_seconds = time.perf_counter() - t_fit
+    write_history(workdir, result.history)
+
+    test = evaluate(result.state, run.dataset.test, run.preprocess,
+                    config.data.eval_batch_size, run.mesh)
+    history = result.history
+    steps_done = history[-1]["step"] if history else 0
+    out = {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_examples": test["count"],
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+        "epochs": len(history),
+        "steps": steps_done,
+        "stopped_early": result.stopped_early,
+        "params": meta["model"]["params"],
+        "images_per_s": (sum(r["images_per_s"] * r["seconds"] for r in history)
+                         / max(sum(r["seconds"] for r in history), 1e-9)) if history else 0.0,
+        "model": config.model.name,
+        "dataset": run.dataset.name,
+        "seed": config.train.seed,
+        "workdir": workdir,
+    }
+    if history and "val_accuracy" in history[-1]:
+        out["val_accuracy"] = history[-1]["val_accuracy"]
+        out["val_loss"] = history[-1]["val_loss"]
+    _write_json(os.path.join(workdir, "summary.json"), out)
+    if history:
+        from jaxcnn.plots import learning_curves
+
+        learning_curves(history, os.path.join(workdir, "learning_curves.png"),
+                        title=f"{config.model.name} on {run.dataset.name}")
+    log.info("test accuracy %.4f, test loss %.4f, %.1fs training; wrote %s",
+             test["accuracy"], test["loss"], train_seconds, workdir)
+    return out
+
+
+def _make_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise JaxcnnError(f"cannot write to the run directory {workdir!r}: {e.strerror}; "
+                          "choose another --workdir") from None
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_history(workdir: str, history: list[dict]) -> None:
+    """Writes ``history.jsonl`` and ``history.csv`` (one row per epoch).
+
+    Example:
+      >>> import tempfile
+      >>> d = tempfile.mkdtemp()
+      >>> write_history(d, [{"epoch": 1, "loss": 0.5}])
+      >>> open(os.path.join(d, "history.csv")).read().splitlines()
+      ['epoch,loss', '1,0.5']
+    """
+    with open(os.path.join(workdir, "history.jsonl"), "w") as f:
+        for record in history:
+            f.write(json.dumps(record) + "\n")
+    keys: list[str] = []
+    for record in history:
+        keys += [k for k in record if k not in keys]
+    with open(os.path.join(workdir, "history.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
