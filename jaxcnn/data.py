@@ -270,8 +270,8 @@ def from_arrays(
     x_train = as_images(x_train, "x_train")
     y_raw = np.asarray(y_train)
     if num_classes is None:
-        if y_raw.size == 0 or not np.issubdtype(y_raw.dtype, np.number):
-            raise DataError("y_train must be integer class ids")
+        # Shape and dtype problems get their own message before the class count is guessed.
+        as_labels(y_raw, len(x_train), None, "y_train")
         num_classes = int(np.max(y_raw)) + 1
         if x_test is not None and y_test is not None and np.size(y_test):
             num_classes = max(num_classes, int(np.max(y_test)) + 1)

@@ -751,12 +751,21 @@ class _NoBar:
     def close(self): pass
 
 
+class _LineBar(_NoBar):
+    """Without a terminal (logs, CI) a live bar is noise: print one line per epoch."""
+
+    def write(self, s):
+        print(s, file=sys.stderr, flush=True)
+
+
 def _progress_bar(enabled: bool, total: int):
     if not enabled:
         return _NoBar()
+    if not sys.stderr.isatty():
+        return _LineBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True,
+    return tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False,
                 mininterval=0.5)
 
 
