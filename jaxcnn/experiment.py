@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from jaxcnn import env
 from jaxcnn.config import Config, override
-from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.data import Dataset, Preprocess, load_dataset
 from jaxcnn.errors import ConfigError, NonFiniteLossError
 from jaxcnn.train import Callback
 
@@ -108,13 +108,26 @@ def cell_name(point: Point, seed: int) -> str:
 
 
 class _Recorder(Callback):
-    """Keeps the history records of finished epochs, so a diverged cell still has them."""
+    """Keeps the history records of finished epochs, so a diverged cell still has them.
 
-    def __init__(self):
+    With ``train_split`` it also evaluates the whole training split in
+    evaluation mode (no dropout) at the end of each epoch: the running
+    training accuracy of the history is measured *with* dropout on, so it
+    understates how well the model fits its training data.
+    """
+
+    def __init__(self, train_split=None, preprocess=None, batch_size: int = 500):
         self.history: list[dict] = []
+        self.train_split, self.preprocess, self.batch_size = train_split, preprocess, batch_size
 
     def on_epoch_end(self, state, record):
-        self.history.append(dict(record))
+        record = dict(record)
+        if self.train_split is not None:
+            from jaxcnn.train import evaluate
+
+            m = evaluate(state, self.train_split, self.preprocess, self.batch_size)
+            record |= {"train_eval_loss": m["loss"], "train_eval_accuracy": m["accuracy"]}
+        self.history.append(record)
 
 
 @dataclasses.dataclass
@@ -266,6 +279,7 @@ def run_sweep(
     *,
     dataset: Dataset | None = None,
     progress: bool = False,
+    eval_train: bool = False,
     on_cell: Callable[[dict], None] | None = None,
 ) -> SweepResult:
     """Runs every (point, seed) cell not already finished in ``results_dir``.
@@ -285,6 +299,9 @@ def run_sweep(
         ``data.dataset`` (loaded datasets are otherwise shared between cells
         with the same name, validation fraction, seed and data directory).
       progress: show each cell's progress bar on stderr.
+      eval_train: also evaluate the whole training split without dropout at
+        the end of every epoch; each row's history then has
+        ``train_eval_loss`` and ``train_eval_accuracy`` (for train/test gaps).
       on_cell: called with each row as soon as its cell is finished or read back.
 
     Returns:
@@ -341,6 +358,10 @@ def run_sweep(
                         seed=seed, data_dir=cfg.data.data_dir)
                 ds = datasets[dkey]
             recorder = _Recorder()
+            if eval_train:
+                recorder = _Recorder(ds.train, Preprocess.fit(ds.train.images,
+                                                              normalize=cfg.data.normalize),
+                                     cfg.data.eval_batch_size)
             t0 = time.perf_counter()
             try:
                 summary = train_and_evaluate(cfg, workdir, dataset=ds, progress=progress,

@@ -110,3 +110,17 @@ def test_aggregate_and_files(tmp_path):
     assert data["base_config"]["model"]["name"] == "seed_cnn"
     lines = open(result.write_csv(str(tmp_path / "r.csv"))).read().splitlines()
     assert lines[0] == "x.y,seed,status,test_accuracy" and len(lines) == 7
+
+
+def test_eval_train_adds_dropout_free_training_accuracy(base, tmp_path):
+    cfg = override(base, {"model.name": "flatten dropout(0.75) softmax", "train.epochs": 2,
+                          "optimizer.learning_rate": 0.03,
+                          "data.validation_fraction": 0.2})
+    row = run_sweep(cfg, [{}], [0], str(tmp_path), eval_train=True).rows[0]
+    assert [r["epoch"] for r in row["history"]] == [1, 2]
+    for record in row["history"]:
+        assert 0.0 <= record["train_eval_accuracy"] <= 1.0 and "val_accuracy" in record
+    # With 75% of inputs dropped, the model fits its data far better than its
+    # dropout-on running accuracy says.
+    last = row["history"][-1]
+    assert last["train_eval_accuracy"] > last["accuracy"]
