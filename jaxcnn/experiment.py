@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -349,6 +350,7 @@ def run_sweep(
                      point_key(point), seed)
         else:
             log.info("sweep cell %d/%d %s seed %d", i + 1, len(cells), point_key(point), seed)
+            _clear_stale(workdir, cfg)
             ds = dataset
             if ds is None:
                 dkey = (cfg.data.dataset, cfg.data.validation_fraction, seed, cfg.data.data_dir)
@@ -416,6 +418,21 @@ def _read_cell(workdir: str, cfg: Config) -> dict | None:
         log.info("sweep cell %s was run with another config; running it again", workdir)
         return None
     return row
+
+
+def _clear_stale(workdir: str, cfg: Config) -> None:
+    """Empties a cell directory left by a different config, so nothing of it is reused.
+
+    A directory of the same config (a cell interrupted mid-run) is kept: a
+    run that checkpoints resumes from it.
+    """
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            same = json.load(f) == cfg.to_dict()
+    except (OSError, ValueError):
+        same = not os.path.isdir(workdir) or not os.listdir(workdir)
+    if not same:
+        shutil.rmtree(workdir)
 
 
 def load_sweep(results_dir: str) -> list[dict]:
