@@ -1,0 +1,212 @@
+"""Numerics of the fast conv/pool path against plain autodiff of the lax ops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import ops
+from jaxcnn.data import Preprocess, load_dataset
+from jaxcnn.models import build_model
+from jaxcnn.train import create_train_state, evaluate, fit, split_keys
+
+RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+
+
+def _rand(shape, dtype=jnp.float32, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)
+
+
+def _conv_loss(impl, strides, padding):
+    def loss(x, w):
+        y = ops.conv2d(x, w, strides=strides, padding=padding, impl=impl)
+        # A non-uniform cotangent, so every output position weighs differently.
+        return (y.astype(jnp.float32) * jnp.cos(jnp.arange(y.size).reshape(y.shape))).sum()
+    return loss
+
+
+CONV_CASES = [
+    # x shape, kernel shape, strides, padding
+    ((2, 8, 8, 1), (3, 3, 1, 4), (1, 1), "VALID"),
+    ((2, 9, 7, 3), (3, 3, 3, 5), (1, 1), "SAME"),
+    ((3, 11, 11, 3), (3, 3, 3, 4), (2, 2), "SAME"),
+    ((2, 10, 10, 1), (3, 3, 1, 2), (2, 2), "SAME"),
+    ((2, 9, 9, 2), (5, 5, 2, 3), (2, 2), "VALID"),
+    ((2, 7, 8, 6), (1, 1, 6, 3), (1, 1), "VALID"),
+    ((1, 6, 6, 2), (3, 2, 2, 2), (2, 1), ((1, 2), (0, 1))),
+    ((2, 13, 13, 16), (3, 3, 16, 8), (1, 1), "VALID"),
+    ((2, 5, 5, 3), (4, 4, 3, 2), (1, 1), "SAME"),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CONV_CASES)
+def test_conv2d_fast_matches_autodiff(x_shape, k_shape, strides, padding, dtype):
+    assert ops.conv2d_path(x_shape, k_shape, strides=strides, padding=padding,
+                           dtype=dtype, impl="fast") == "fast"
+    x, w = _rand(x_shape, dtype, 1), _rand(k_shape, dtype, 2)
+    out_x = ops.conv2d(x, w, strides=strides, padding=padding, impl="xla")
+    out_f = ops.conv2d(x, w, strides=strides, padding=padding, impl="fast")
+    assert out_f.shape == out_x.shape and out_f.dtype == out_x.dtype
+    assert _rel_err(out_x, out_f) <= RTOL[dtype]
+    gx = jax.grad(_conv_loss("xla", strides, padding), argnums=(0, 1))(x, w)
+    gf = jax.grad(_conv_loss("fast", strides, padding), argnums=(0, 1))(x, w)
+    for a, b in zip(gx, gf):
+        assert b.dtype == a.dtype
+        assert _rel_err(a, b) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("dw,dx", [("concat", "shift"), ("offsets", "conv")])
+def test_conv2d_every_formulation_matches_autodiff(monkeypatch, dw, dx):
+    monkeypatch.setattr(ops, "_CONV_DW", dw)
+    monkeypatch.setattr(ops, "_CONV_DX", dx)
+    for x_shape, k_shape, strides, padding in CONV_CASES[1:5]:
+        x, w = _rand(x_shape, seed=3), _rand(k_shape, seed=4)
+        gx = jax.grad(_conv_loss("xla", strides, padding), argnums=(0, 1))(x, w)
+        gf = jax.grad(_conv_loss("fast", strides, padding), argnums=(0, 1))(x, w)
+        for a, b in zip(gx, gf):
+            assert _rel_err(a, b) <= 1e-5
+
+
+POOL_CASES = [
+    ((2, 8, 8, 3), (2, 2), "VALID"),
+    ((2, 9, 7, 1), (2, 2), "VALID"),  # odd sizes: the last row/column is dropped
+    ((2, 9, 7, 3), (2, 2), "SAME"),  # odd sizes: padded
+    ((2, 11, 10, 4), (3, 2), "SAME"),
+    ((2, 12, 12, 2), (3, 3), "VALID"),
+    ((1, 7, 6, 2), (2, 3), ((1, 0), (0, 2))),
+]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape,window,padding", POOL_CASES)
+def test_pool_fast_matches_autodiff(shape, window, padding, dtype, kind):
+    pool = ops.max_pool if kind == "max" else ops.avg_pool
+    assert ops.pool_path(shape, window, padding=padding, dtype=dtype, impl="fast") == "fast"
+    x = _rand(shape, dtype, 5)
+
+    def loss(impl):
+        def f(x):
+            y = pool(x, window, padding=padding, impl=impl).astype(jnp.float32)
+            return (y * jnp.sin(jnp.arange(y.size).reshape(y.shape))).sum()
+        return f
+
+    out_x = pool(x, window, padding=padding, impl="xla")
+    out_f = pool(x, window, padding=padding, impl="fast")
+    assert out_f.shape == out_x.shape and out_f.dtype == out_x.dtype
+    assert _rel_err(out_x, out_f) <= RTOL[dtype]
+    assert _rel_err(jax.grad(loss("xla"))(x), jax.grad(loss("fast"))(x)) <= RTOL[dtype]
+
+
+def test_max_pool_ties_give_one_winner_like_xla():
+    # ReLU outputs are full of exact ties (zeros); rounding makes positive ties too.
+    x = jnp.maximum(jnp.round(_rand((2, 8, 8, 3), seed=6)), 0.0)
+    cot = _rand((2, 4, 4, 3), seed=7)
+    gx = jax.vjp(lambda x: ops.max_pool(x, impl="xla"), x)[1](cot)[0]
+    gf = jax.vjp(lambda x: ops.max_pool(x, impl="fast"), x)[1](cot)[0]
+    np.testing.assert_array_equal(np.asarray(gx), np.asarray(gf))
+    # Each window passes its cotangent to exactly one element.
+    per_window = (gf != 0).reshape(2, 4, 2, 4, 2, 3).sum(axis=(2, 4))
+    assert int(per_window.max()) == 1
+    np.testing.assert_allclose(gf.sum(), cot.sum(), rtol=1e-5)
+
+
+def test_fast_path_under_jit_and_vmap_of_grad():
+    x, w = _rand((4, 6, 6, 2)), _rand((3, 3, 2, 3), seed=1)
+
+    def f(impl):
+        return lambda x, w: ops.max_pool(jax.nn.relu(ops.conv2d(x, w, padding="SAME",
+                                                                  impl=impl)), impl=impl).sum()
+
+    per_example = jax.jit(jax.vmap(jax.grad(f("fast"), argnums=1), in_axes=(0, None)))
+    reference = jax.vmap(jax.grad(f("xla"), argnums=1), in_axes=(0, None))
+    assert _rel_err(reference(x[:, None], w), per_example(x[:, None], w)) <= 1e-5
+
+
+@pytest.mark.parametrize("call,expected", [
+    (lambda: ops.conv2d_path((1, 8, 8, 1), (3, 3, 1, 2), dilation=(2, 2), impl="fast"), "xla"),
+    (lambda: ops.conv2d_path((1, 8, 8, 1), (3, 3, 1, 2), dtype=jnp.int32, impl="fast"), "xla"),
+    (lambda: ops.conv2d_path((1, 8, 8, 1), (3, 3, 1, 2), padding=((-1, 0), (0, 0)),
+                             impl="fast"), "xla"),
+    (lambda: ops.pool_path((1, 8, 8, 1), (3, 3), (2, 2), impl="fast"), "xla"),
+    (lambda: ops.pool_path((1, 8, 8, 1), (2, 2), (1, 1), impl="fast"), "xla"),
+    (lambda: ops.conv2d_path((1, 8, 8, 1), (3, 3, 1, 2), impl="xla"), "xla"),
+    (lambda: ops.pool_path((1, 8, 8, 1), (2, 2), impl="xla"), "xla"),
+    (lambda: ops.conv2d_path((1, 8, 8, 1), (3, 3, 1, 2), impl="auto", backend="gpu"), "xla"),
+    (lambda: ops.pool_path((1, 8, 8, 1), (2, 2), impl="auto", backend="tpu"), "xla"),
+    (lambda: ops.conv2d_path((1, 8, 8, 1), (3, 3, 1, 2), impl="auto", backend="cpu"), "fast"),
+    (lambda: ops.pool_path((1, 8, 8, 1), (2, 2), impl="auto", backend="cpu"), "fast"),
+])
+def test_path_selection(call, expected):
+    assert call() == expected
+
+
+def _has_custom_vjp(fn, *args):
+    return "custom_vjp_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_unsupported_cases_run_the_xla_path_and_still_differentiate():
+    x, w = _rand((2, 9, 9, 2)), _rand((3, 3, 2, 3), seed=1)
+    dilated = lambda x, w: ops.conv2d(x, w, dilation=(2, 2), impl="fast").sum()  # noqa: E731
+    assert not _has_custom_vjp(dilated, x, w)
+    g = jax.grad(dilated, argnums=1)(x, w)
+    ref = jax.grad(lambda w: ops._xla_conv2d(x, w, strides=(1, 1), padding="VALID",
+                                             dilation=(2, 2)).sum())(w)
+    assert _rel_err(ref, g) <= 1e-6
+    overlapping = lambda x: ops.max_pool(x, (3, 3), (2, 2), impl="fast").sum()  # noqa: E731
+    assert not _has_custom_vjp(overlapping, x)
+    assert jax.grad(overlapping)(x).shape == x.shape
+
+
+def test_switch_forces_each_path():
+    x, w = _rand((2, 8, 8, 1)), _rand((3, 3, 1, 2), seed=1)
+    conv = lambda impl: (lambda x, w: ops.conv2d(x, w, impl=impl))  # noqa: E731
+    pool = lambda impl: (lambda x: ops.max_pool(x, impl=impl))  # noqa: E731
+    assert _has_custom_vjp(conv("fast"), x, w) and _has_custom_vjp(pool("fast"), x)
+    assert not _has_custom_vjp(conv("xla"), x, w) and not _has_custom_vjp(pool("xla"), x)
+    auto = jax.default_backend() == "cpu"
+    assert _has_custom_vjp(conv("auto"), x, w) == auto
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ops.conv2d(x, w, impl="fastest")
+
+
+@pytest.mark.parametrize("name", ["keras_convnet", "flax_cnn"])
+def test_model_impl_reaches_every_layer(name):
+    x = jnp.zeros((2, 28, 28, 1))
+    for impl in ("fast", "xla"):
+        model = build_model(name, 10, impl=impl)
+        params = model.init(jax.random.key(0), x)["params"]
+        jaxpr = str(jax.make_jaxpr(jax.grad(
+            lambda p: model.apply({"params": p}, x).sum()))(params))
+        # Fast convs and max pools are custom VJPs; fast average pooling is a
+        # reshape + mean; neither leaves a reduce_window behind.
+        assert ("custom_vjp_call" in jaxpr) == (impl == "fast")
+        assert ("reduce_window" in jaxpr) == (impl == "xla")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_fast_training_reaches_the_accuracy_of_xla(digits):
+    pre = Preprocess.fit(digits.train.images)
+    acc = {}
+    for impl in ("xla", "fast"):
+        model = build_model("conv(16, 3, padding=same) maxpool(2) conv(16, 3, strides=2, "
+                            "padding=same) flatten dense(32, relu) softmax",
+                            digits.num_classes, impl=impl)
+        keys = split_keys(0)
+        state = create_train_state(model, digits.image_shape, optax.adam(3e-3), keys.init)
+        state = fit(state, digits, keys=keys, epochs=4, batch_size=64, preprocess=pre).state
+        acc[impl] = evaluate(state, digits.test, pre)["accuracy"]
+    assert acc["xla"] > 0.9
+    # Same seeds and data order: only float rounding differs between the paths.
+    assert abs(acc["fast"] - acc["xla"]) <= 0.02
