@@ -447,15 +447,26 @@ def _fast_max_fwd(x, window, geometry):
 def _fast_max_bwd(window, geometry, res, dy):
     x, y = res
     xb = _blocks(x, window, geometry, -jnp.inf)
-    hit = xb == y[:, :, None, :, None, :]
-    # One winner per window, the first in row-major window order, as XLA's
-    # select-and-scatter picks: ties do not split or duplicate the gradient.
-    wh, ww = window
-    order = (jnp.arange(wh)[:, None] * ww + jnp.arange(ww)[None, :]).astype(jnp.int32)
-    order = order[None, None, :, None, :, None]
-    first = jnp.min(jnp.where(hit, order, wh * ww), axis=(2, 4), keepdims=True)
-    g = jnp.where(order == first, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
-    return (_unblock(g, geometry),)
+    zero = jnp.zeros((), dy.dtype)
+    # One winner per window, the first maximum in row-major window order, as
+    # XLA's select-and-scatter picks: ties neither split nor duplicate the
+    # gradient. Walking the window positions with a running "taken" mask is
+    # one fused elementwise pass, about twice as fast here as a min-reduction
+    # over an index array.
+    taken = None
+    rows = []
+    for a in range(window[0]):
+        row = []
+        for b in range(window[1]):
+            hit = xb[:, :, a, :, b, :] == y
+            if taken is None:
+                taken = hit
+            else:
+                hit = hit & ~taken
+                taken = taken | hit
+            row.append(jnp.where(hit, dy, zero))
+        rows.append(jnp.stack(row, axis=3))
+    return (_unblock(jnp.stack(rows, axis=2), geometry),)
 
 
 _fast_max.defvjp(_fast_max_fwd, _fast_max_bwd)
