@@ -164,7 +164,7 @@ def test_multi_device_training_matches_shapes(digits):
     run = prepare(cfg)
     result = fit(run.state, run.dataset, keys=run.keys, epochs=1, batch_size=64,
                  preprocess=run.preprocess, mesh=run.mesh, progress=False)
-    assert int(result.state.step) == len(digits.train) // 64
+    assert int(result.state.step) == len(run.dataset.train) // 64
     with pytest.raises(ConfigError, match="divide evenly over 8 devices"):
         prepare(override(cfg, {"data.batch_size": 60}))
 
