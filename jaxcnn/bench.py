@@ -792,7 +792,8 @@ def framework_rows(answer: dict[str, Any], config: BenchConfig,
 
 def run(config: BenchConfig, *, compare: str | Sequence[str] | None = None, rounds: int = 1,
         compare_python: str | None = None, peak: Peak | None = None,
-        on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        first_round: int = 0) -> list[dict[str, Any]]:
     """Benchmarks every batch size, and the other frameworks beside jaxcnn.
 
     With ``rounds > 1`` the whole sweep repeats, frameworks interleaved
@@ -808,6 +809,8 @@ def run(config: BenchConfig, *, compare: str | Sequence[str] | None = None, roun
       compare_python: the interpreter that runs the other frameworks.
       peak: the device peak (default :func:`device_peak`).
       on_row: called with each row as soon as it is measured.
+      first_round: the ``round`` of the first repetition (when separate
+        invocations, e.g. of several models in turn, make up the rounds).
 
     Returns:
       All rows, in the order measured.
@@ -828,7 +831,7 @@ def run(config: BenchConfig, *, compare: str | Sequence[str] | None = None, roun
     peak = peak or device_peak(config.dtype)
     on_row = on_row or (lambda row: None)
     rows: list[dict[str, Any]] = []
-    for r in range(int(rounds)):
+    for r in range(int(first_round), int(first_round) + int(rounds)):
         jax_rows = []
         for batch_size in config.batch_sizes:
             row = bench_one(config, batch_size, peak=peak, round_index=r)

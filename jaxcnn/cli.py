@@ -207,6 +207,8 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole sweep, frameworks interleaved (for noisy machines)")
+    p.add_argument("--first-round", type=int, default=0,
+                   help="number the rounds from here (when several commands make up the rounds)")
     p.add_argument("--compare", metavar="LIST",
                    help="other frameworks to run beside jaxcnn: torch, keras (= keras-tensorflow"
                         ",keras-jax), keras-tensorflow, keras-jax")
@@ -281,7 +283,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     try:
         rows = bench.run(config, compare=args.compare, rounds=args.rounds,
-                         compare_python=args.compare_python, peak=peak, on_row=on_row)
+                         compare_python=args.compare_python, peak=peak, on_row=on_row,
+                         first_round=args.first_round)
     finally:
         if out is not None:
             out.close()
