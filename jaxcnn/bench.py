@@ -967,11 +967,15 @@ def _fmt(value, spec: str, scale: float = 1.0, none: str = "-") -> str:
     return none if value is None else format(value / scale, spec)
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
+def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
     """A readable table of results (rounds merged by :func:`aggregate`).
 
     ``vs jaxcnn`` is jaxcnn's images/s over that row's (above 1: jaxcnn is
     faster); step times show median [min-max] over every timed round.
+
+    Args:
+      rows: result rows.
+      markdown: a Markdown table per group (for docs) instead of plain text.
 
     Example:
       >>> table = format_table([{"framework": "jaxcnn", "model": "m", "batch_size": 8,
@@ -1003,6 +1007,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         lines_by_group.setdefault(_group_key(a), []).append(cells)
     out = []
     for (model, what, dtype, kind), body in lines_by_group.items():
+        if markdown:
+            out += [f"**{model} | {what} | {dtype} | {kind}**", "",
+                    "| " + " | ".join(head) + " |",
+                    "|" + "|".join(" --- " if i < 2 else " ---: " for i in range(len(head))) + "|",
+                    *("| " + " | ".join(cells) + " |" for cells in body), ""]
+            continue
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
         def line(cells):

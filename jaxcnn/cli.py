@@ -51,7 +51,15 @@ def _add_train_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_model_args(p)
     p.add_argument("--dataset", help="dataset name: digits (default, offline), "
-                   "synthetic:HxWxC:K, or another registered name")
+                   "synthetic:HxWxC:K, a tensorflow-datasets name (mnist, cifar10, ...; "
+                   "prepared with 'jaxcnn data prepare'), idx:DIR (MNIST-format files) or "
+                   "npz:FILE")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory of prepared tfds datasets (default $TFDS_DATA_DIR, "
+                        "else ~/tensorflow_datasets)")
+    p.add_argument("--augment", choices=("auto", "on", "off"),
+                   help="random crop + flip on the device (auto: on for CIFAR-like colour "
+                        "images, off for digits)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -92,6 +100,8 @@ def config_from_args(args: argparse.Namespace):
     flags = {
         "model.name": args.model or args.spec,
         "data.dataset": args.dataset,
+        "data.data_dir": args.data_dir,
+        "data.augment": {"on": True, "off": False, "auto": "none"}.get(args.augment),
         "train.epochs": args.epochs,
         "data.batch_size": args.batch_size,
         "optimizer.learning_rate": args.lr,
@@ -297,11 +307,204 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# data
+
+
+def _add_data_parser(sub) -> None:
+    p = sub.add_parser(
+        "data", help="prepare tensorflow-datasets data and list what is prepared",
+        description="Prepare tfds datasets (download + write ArrayRecord, needs a network) and "
+                    "list the datasets prepared in a data directory. Prepared data is read "
+                    "without TensorFlow and without a network: copy the directory to the "
+                    "training machine and pass --data-dir (or set TFDS_DATA_DIR).")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    prep = dsub.add_parser("prepare", help="download a tfds dataset and write it as ArrayRecord")
+    prep.add_argument("name", help="tfds name, e.g. mnist, cifar10, emnist/digits")
+    prep.add_argument("--data-dir", metavar="DIR",
+                      help="where to write it (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    prep.add_argument("--json", action="store_true", help="print the result as JSON")
+    prep.set_defaults(func=_cmd_data_prepare)
+    lst = dsub.add_parser("list", help="list the tfds datasets prepared in a data directory")
+    lst.add_argument("--data-dir", metavar="DIR",
+                     help="directory to list (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    lst.add_argument("--json", action="store_true", help="print the list as JSON")
+    lst.set_defaults(func=_cmd_data_list)
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from jaxcnn.tfds_data import prepare
+
+    out = prepare(args.name, args.data_dir)
+    print(f"prepared {out['name']} in {out['path']}: "
+          + ", ".join(f"{k} {v:,}" for k, v in out["splits"].items()), file=sys.stderr)
+    if args.json:
+        _print_json(out)
+    return EXIT_OK
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from jaxcnn.tfds_data import default_data_dir, list_prepared
+
+    root = default_data_dir(args.data_dir)
+    found = list_prepared(root)
+    if args.json:
+        _print_json({"data_dir": root, "datasets": found})
+        return EXIT_OK
+    if not found:
+        print(f"no prepared datasets in {root}; prepare one with: "
+              f"jaxcnn data prepare mnist --data-dir {root}")
+        return EXIT_OK
+    print(f"prepared datasets in {root}:")
+    for d in found:
+        splits = ", ".join(f"{k} {v:,}" for k, v in d["splits"].items())
+        note = "" if d["readable"] else "  (not ArrayRecord: re-prepare with jaxcnn data prepare)"
+        print(f"  {d['name']:<24} {d['version']:<8} {d['file_format']:<12} {splits}{note}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# bench
+
+
+def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise JaxcnnError(f"--batch-sizes must be positive ints separated by commas, e.g. "
+                          f"32,128,512; got {text!r}")
+    return sizes
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmark compile time, throughput, FLOP/s, utilisation and memory",
+        description="Benchmark a model on the default JAX device (CPU, GPU or TPU) at several "
+                    "batch sizes: compile time, step time (median/min/max), images/s, FLOPs "
+                    "per step (XLA cost analysis), achieved FLOP/s, utilisation of the "
+                    "device's peak and peak memory; optionally the same model in PyTorch and "
+                    "Keras side by side. Prints a table; --out writes JSON lines. "
+                    "See docs/benchmarks.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_model_args(p)
+    p.add_argument("--input-shape", default="28x28x1", help="HxWxC of one image")
+    p.add_argument("--classes", type=int, default=10, help="number of classes")
+    p.add_argument("--dataset", help="take the input shape and classes from this dataset "
+                   "(e.g. digits, synthetic:32x32x3:10) instead")
+    p.add_argument("--batch-sizes", default="32,128,512", help="comma-separated batch sizes")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype (bfloat16: float32 parameters, bfloat16 compute)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="steps per timed round (step mode) or per compiled call (scan mode)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median/min/max)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
+    p.add_argument("--mode", default="step", choices=("step", "scan"),
+                   help="one compiled call per step, or --steps steps per call (lax.scan)")
+    p.add_argument("--what", default="train", choices=("train", "infer", "eval"),
+                   help="training step, inference (forward) or evaluation (forward + loss)")
+    p.add_argument("--impl", default="auto", choices=("auto", "xla", "fast"),
+                   help="conv/pool implementation (auto: the fast CPU path on CPU)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
+    p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole sweep, frameworks interleaved (for noisy machines)")
+    p.add_argument("--first-round", type=int, default=0,
+                   help="number the rounds from here (when several commands make up the rounds)")
+    p.add_argument("--compare", metavar="LIST",
+                   help="other frameworks to run beside jaxcnn: torch, keras (= keras-tensorflow"
+                        ",keras-jax), keras-tensorflow, keras-jax")
+    p.add_argument("--compare-python", metavar="PYTHON",
+                   help="interpreter with the other frameworks installed (default: this one)")
+    p.add_argument("--peak-flops", type=float, metavar="FLOP/S",
+                   help="the device's peak FLOP/s for utilisation (default: the published "
+                        "table for GPUs/TPUs, a matmul measured on the spot for CPUs)")
+    p.add_argument("--keep-compilation-cache", action="store_true",
+                   help="leave the persistent compilation cache on while timing compilation")
+    p.add_argument("--out", metavar="FILE.jsonl", help="write one JSON line per result")
+    p.add_argument("--append", action="store_true", help="append to --out instead of replacing")
+    p.add_argument("--plot", metavar="FILE.jsonl", nargs="+",
+                   help="instead of benchmarking, draw images/s against batch size per "
+                        "framework from these JSON lines files")
+    p.add_argument("--png", metavar="FILE.png",
+                   help="where --plot writes (default: the first file with .png)")
+    p.add_argument("--json", action="store_true",
+                   help="print the merged results as one JSON object on the last line")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import os
+
+    from jaxcnn import bench
+
+    if args.plot:
+        rows = [row for path in args.plot for row in bench.read_jsonl(path)]
+        png = args.png or os.path.splitext(args.plot[0])[0] + ".png"
+        bench.plot_throughput(rows, png)
+        print(bench.format_table(rows))
+        print(f"plot: {png}", file=sys.stderr)
+        if args.json:
+            _print_json({"png": png, "results": bench.aggregate(rows)})
+        return EXIT_OK
+    if args.dataset:
+        from jaxcnn.data import load_dataset
+
+        ds = load_dataset(args.dataset)
+        input_shape, classes = ds.image_shape, ds.num_classes
+    else:
+        input_shape, classes = _parse_shape(args.input_shape), args.classes
+    config = bench.BenchConfig(
+        model=args.model or args.spec or "keras_convnet", input_shape=input_shape,
+        num_classes=classes, batch_sizes=_parse_batch_sizes(args.batch_sizes),
+        dtype=args.dtype, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
+        mode=args.mode, what=args.what, impl=args.impl, learning_rate=args.lr, seed=args.seed,
+        compilation_cache=args.keep_compilation_cache)
+    from jaxcnn.compare import parse_frameworks
+
+    parse_frameworks(args.compare)  # a bad name fails now, not after the first measurements
+    if args.peak_flops is not None:
+        if args.peak_flops <= 0:
+            raise JaxcnnError(f"--peak-flops must be > 0 (FLOP/s, e.g. 1.9e11); got "
+                              f"{args.peak_flops}")
+        peak = bench.Peak(args.peak_flops, "given", f"given with --peak-flops "
+                                                    f"({args.peak_flops:.4g} FLOP/s)")
+    else:
+        peak = bench.device_peak(config.dtype)
+    print(f"peak: {peak.detail}", file=sys.stderr)
+    out = open(args.out, "a" if args.append else "w") if args.out else None
+
+    def on_row(row):
+        if out is not None:  # written as measured, so an interrupted sweep keeps its rows
+            out.write(json.dumps(row, default=str) + "\n")
+            out.flush()
+        speed = ("out of memory" if row["status"] == "oom"
+                 else f"{row['images_per_s']:,.0f} images/s")
+        print(f"  {row['framework']:<16} round {row['round']} batch {row['batch_size']:>5}: "
+              f"{speed}", file=sys.stderr)
+
+    try:
+        rows = bench.run(config, compare=args.compare, rounds=args.rounds,
+                         compare_python=args.compare_python, peak=peak, on_row=on_row,
+                         first_round=args.first_round)
+    finally:
+        if out is not None:
+            out.close()
+    print(bench.format_table(rows))
+    if args.out:
+        print(f"results: {args.out}", file=sys.stderr)
+    if args.json:
+        _print_json({"out": args.out, "peak": peak.detail, "results": bench.aggregate(rows)})
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
 # main
 
 # Each entry adds one subcommand's parser; subcommands of later features append here.
 SUBCOMMANDS: list[Callable] = [_add_train_parser, _add_summary_parser]
 SUBCOMMANDS += [_add_bench_parser]
+SUBCOMMANDS += [_add_data_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

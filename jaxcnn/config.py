@@ -136,7 +136,27 @@ class DataConfig:
       validation_fraction: fraction of the training split held out for
         per-epoch validation when the dataset has no validation split (0: none).
       normalize: standardise each channel with the training split's mean and std.
-      data_dir: where prepared datasets live (None: the library default).
+      data_dir: where prepared tfds datasets live (None: ``$TFDS_DATA_DIR``, else
+        ``~/tensorflow_datasets``).
+      train_split: tfds split (syntax ``train``, ``train[:90%]``) to train on.
+      validation_split: tfds split for validation (None: the dataset's
+        ``validation`` split when ``validation_fraction`` > 0 and it has one,
+        else ``validation_fraction`` of train).
+      test_split: tfds split for the final evaluation.
+      pipeline: ``auto`` (put the training split on the device when it fits the
+        memory budget, else stream), ``device`` or ``stream`` (host batches
+        prefetched to the device by a background thread).
+      device_memory_fraction: share of the device's memory the training split
+        may take on the device (accelerators that report their memory).
+      memory_budget_bytes: the budget in bytes (used on devices that do not
+        report their memory, such as the CPU; None: 2 GiB there).
+      prefetch: batches the streaming path keeps in flight on the device.
+      augment: random crop (with ``crop_padding``) and horizontal flip on the
+        device inside the compiled step; None: on for 3-channel images of at
+        least 24x24 (CIFAR/SVHN-like), off otherwise (digits, MNIST-like).
+      crop_padding: pixels of zero padding around each image before the
+        random crop (0: no crop).
+      flip: include the random horizontal flip when augmenting.
 
     Example:
       >>> DataConfig(batch_size=64).dataset
@@ -146,9 +166,19 @@ class DataConfig:
     dataset: str = "digits"
     batch_size: int = 32
     eval_batch_size: int = 500
-    validation_fraction: float = 0.0
+    validation_fraction: float = 0.1
     normalize: bool = True
     data_dir: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = None
+    test_split: str = "test"
+    pipeline: str = "auto"
+    device_memory_fraction: float = 0.25
+    memory_budget_bytes: int | None = None
+    prefetch: int = 2
+    augment: bool | None = None
+    crop_padding: int = 4
+    flip: bool = True
 
     def __post_init__(self):
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
@@ -157,6 +187,19 @@ class DataConfig:
                f"data.eval_batch_size must be a positive int; got {self.eval_batch_size!r}")
         _check(0 <= self.validation_fraction < 1,
                f"data.validation_fraction must be in [0, 1); got {self.validation_fraction}")
+        _check(self.pipeline in ("auto", "device", "stream"),
+               f"data.pipeline must be auto, device or stream; got {self.pipeline!r}")
+        _check(0 < self.device_memory_fraction <= 1,
+               "data.device_memory_fraction must be in (0, 1]; got "
+               f"{self.device_memory_fraction}")
+        _check(self.memory_budget_bytes is None or self.memory_budget_bytes >= 0,
+               f"data.memory_budget_bytes must be >= 0 or None; got {self.memory_budget_bytes}")
+        _check(isinstance(self.prefetch, int) and self.prefetch >= 1,
+               f"data.prefetch must be an int >= 1; got {self.prefetch!r}")
+        _check(isinstance(self.crop_padding, int) and self.crop_padding >= 0,
+               f"data.crop_padding must be an int >= 0; got {self.crop_padding!r}")
+        _check(bool(self.train_split) and bool(self.test_split),
+               "data.train_split and data.test_split must be split names, e.g. train, test")
 
 
 @dataclasses.dataclass(frozen=True)

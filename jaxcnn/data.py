@@ -14,12 +14,20 @@ Names understood by :func:`load_dataset`:
   360 test), pixels scaled from [0, 16] to [0, 1].
 * ``synthetic:HxWxC:K`` (optionally ``:N`` train examples): random images and
   labels, for benchmarks and tests.
+* ``mnist``, ``fashion_mnist``, ``kmnist``, ``emnist``, ``cifar10``,
+  ``cifar100``, ``svhn_cropped``, and any other tensorflow-datasets
+  image-classification name (also as ``tfds:NAME``): prepared tfds data read
+  without TensorFlow (see :mod:`jaxcnn.tfds_data`); ``data_dir`` or
+  ``TFDS_DATA_DIR`` says where it is.
+* ``idx:DIR`` (MNIST-format IDX files) and ``npz:FILE`` (NumPy archives): local
+  files, no tfds needed (see :mod:`jaxcnn.files`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Callable
 
 import numpy as np
@@ -143,8 +151,16 @@ class Preprocess:
 
     @staticmethod
     def from_dict(d: dict) -> "Preprocess":
-        """Inverse of :meth:`to_dict`."""
-        return Preprocess(float(d["scale"]), tuple(d["mean"]), tuple(d["std"]))
+        """Inverse of :meth:`to_dict` (also after a JSON round trip).
+
+        Example:
+          >>> import json
+          >>> p = Preprocess(1 / 255, (0.1307,), (0.3081,))
+          >>> Preprocess.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+          True
+        """
+        return Preprocess(float(d["scale"]), tuple(float(v) for v in d["mean"]),
+                          tuple(float(v) for v in d["std"]))
 
 
 def _jnp():
@@ -374,17 +390,59 @@ def load_synthetic(spec: str, validation_fraction: float = 0.0, seed: int = 0) -
                        validation_fraction=validation_fraction, seed=seed, name=spec)
 
 
+def check_default_splits(name: str, splits: dict | None) -> None:
+    """Refuses split names for datasets whose splits are fixed (all but tfds ones).
+
+    Example:
+      >>> check_default_splits("digits", {"train": "train", "test": None})
+    """
+    defaults = {"train": "train", "validation": None, "test": "test"}
+    custom = {k: v for k, v in (splits or {}).items() if v is not None and v != defaults.get(k)}
+    if custom:
+        raise DataError(
+            f"dataset {name!r} has fixed splits; split selection "
+            f"({', '.join(f'data.{k}_split={v}' for k, v in custom.items())}) applies to "
+            "tensorflow-datasets names only; remove it, or use data.validation_fraction")
+
+
+def _tfds_loader(name: str) -> "Loader":
+    def load(validation_fraction=0.0, seed=0, data_dir=None, splits=None):
+        from jaxcnn.tfds_data import load_tfds
+
+        return load_tfds(name, validation_fraction=validation_fraction, seed=seed,
+                         data_dir=data_dir, splits=splits)
+
+    return load
+
+
+def _lazy(module: str, fn: str) -> "Loader":
+    def load(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), fn)(*args, **kwargs)
+
+    return load
+
+
 Loader = Callable[..., Dataset]
-# name -> loader(validation_fraction=..., seed=..., data_dir=...)
+TFDS_NAMES = ("mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "cifar100",
+              "svhn_cropped")
+# name -> loader(validation_fraction=..., seed=..., data_dir=..., splits=...)
 DATASETS: dict[str, Loader] = {
-    "digits": lambda validation_fraction=0.0, seed=0, data_dir=None: load_digits(
-        validation_fraction, seed),
+    "digits": lambda validation_fraction=0.0, seed=0, data_dir=None, splits=None: (
+        check_default_splits("digits", splits), load_digits(validation_fraction, seed))[1],
+    **{n: _tfds_loader(n) for n in TFDS_NAMES},
 }
-# prefix -> loader(spec, validation_fraction=..., seed=..., data_dir=...)
+# prefix -> loader(spec, validation_fraction=..., seed=..., data_dir=..., splits=...)
 PREFIXES: dict[str, Loader] = {
-    "synthetic": lambda spec, validation_fraction=0.0, seed=0, data_dir=None: load_synthetic(
-        spec, validation_fraction, seed),
+    "synthetic": lambda spec, validation_fraction=0.0, seed=0, data_dir=None, splits=None: (
+        check_default_splits(spec, splits), load_synthetic(spec, validation_fraction, seed))[1],
+    "tfds": lambda spec, **kwargs: _tfds_loader(spec.split(":", 1)[1])(**kwargs),
+    "idx": _lazy("jaxcnn.files", "load_idx_spec"),
+    "npz": _lazy("jaxcnn.files", "load_npz_spec"),
 }
+# Bare names that are neither registered nor prefixed are tried as tfds names.
+_TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?")
 
 
 def load_dataset(
@@ -393,15 +451,19 @@ def load_dataset(
     validation_fraction: float = 0.0,
     seed: int = 0,
     data_dir: str | None = None,
+    splits: dict[str, str | None] | None = None,
 ) -> Dataset:
     """Loads a dataset by name (see the module docstring for the names).
 
     Args:
-      name: ``digits``, ``synthetic:HxWxC:K``, or another registered name.
+      name: ``digits``, ``synthetic:HxWxC:K``, a tfds name, ``idx:DIR``,
+        ``npz:FILE``, or another registered name.
       validation_fraction: stratified fraction of train held out for validation
         (when the dataset has no validation split of its own).
       seed: seed for held-out splits and synthetic data.
       data_dir: directory of prepared datasets, where the loader uses one.
+      splits: ``{"train", "validation", "test"}`` split names in tfds syntax
+        (``train[:90%]``); tfds datasets only.
 
     Returns:
       A :class:`Dataset`.
@@ -414,14 +476,22 @@ def load_dataset(
       >>> load_dataset("digits", validation_fraction=0.1).metadata()["splits"]
       {'train': 1295, 'validation': 142, 'test': 360}
     """
-    kwargs = dict(validation_fraction=validation_fraction, seed=seed, data_dir=data_dir)
+    kwargs = dict(validation_fraction=validation_fraction, seed=seed, data_dir=data_dir,
+                  splits=splits)
     if name in DATASETS:
         return DATASETS[name](**kwargs)
     prefix = name.split(":", 1)[0]
     if ":" in name and prefix in PREFIXES:
         return PREFIXES[prefix](name, **kwargs)
     known = sorted(DATASETS) + [f"{p}:..." for p in sorted(PREFIXES)]
-    raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+    if _TFDS_NAME.fullmatch(name):
+        try:
+            return _tfds_loader(name)(**kwargs)
+        except DataError as e:
+            if not str(e).startswith("unknown dataset"):
+                raise
+    raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}, or any "
+                    "tensorflow-datasets image-classification name")
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -34,6 +34,7 @@ from jaxcnn.config import Config
 from jaxcnn.data import Dataset, Preprocess, load_dataset
 from jaxcnn.errors import ConfigError, JaxcnnError
 from jaxcnn.models import Sequential, build_model, summary, to_spec
+from jaxcnn.pipeline import fit_options
 from jaxcnn.train import (FitResult, TrainState, create_train_state, evaluate, fit,
                           learning_rate_schedule, make_optimizer, split_keys)
 
@@ -70,6 +71,7 @@ class Run:
         return {
             "dataset": self.dataset.metadata(),
             "preprocess": self.preprocess.to_dict(),
+            "augment": _augment_meta(self.config, self.dataset.image_shape),
             "model": {"spec": to_spec(self.model.layers), "params": s.params,
                       "flops_per_image": s.flops},
             "steps_per_epoch": self.steps_per_epoch,
@@ -77,6 +79,11 @@ class Run:
             "device": env.device_info(),
             "git_commit": env.git_commit(),
         }
+
+
+def _augment_meta(config: Config, image_shape) -> dict | None:
+    aug = fit_options(config.data, image_shape)["augment"]
+    return dataclasses.asdict(aug) if aug is not None else None
 
 
 def prepare(config: Config, dataset: Dataset | None = None) -> Run:
@@ -101,7 +108,10 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     if dataset is None:
         dataset = load_dataset(config.data.dataset,
                                validation_fraction=config.data.validation_fraction,
-                               seed=config.train.seed, data_dir=config.data.data_dir)
+                               seed=config.train.seed, data_dir=config.data.data_dir,
+                               splits={"train": config.data.train_split,
+                                       "validation": config.data.validation_split,
+                                       "test": config.data.test_split})
     model = build_model(config.model.name, dataset.num_classes,
                         dtype=config.model.dtype, impl=config.model.impl)
     summary(model, dataset.image_shape)  # raises ShapeError naming the layer that does not fit
@@ -183,7 +193,8 @@ def train_and_evaluate(
         early_stopping_metric=config.train.early_stopping_metric,
         restore_best=config.train.restore_best,
         log_every_seconds=config.train.log_every_seconds,
-        callbacks=callbacks, progress=progress)
+        callbacks=callbacks, progress=progress,
+        **fit_options(config.data, run.dataset.image_shape))
     train_seconds = time.perf_counter() - t_fit
     write_history(workdir, result.history)
 

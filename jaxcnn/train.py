@@ -38,6 +38,8 @@ from jaxcnn.config import OptimizerConfig
 from jaxcnn.data import Dataset, Preprocess, Split, as_images
 from jaxcnn.errors import ConfigError, DataError, NonFiniteLossError
 from jaxcnn import sharding as shd
+from jaxcnn.pipeline import (Augment, Prefetcher, augment_batch, augment_key, choose_pipeline,
+                             device_memory_budget)
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -461,11 +463,13 @@ class FitResult:
       state: the final train state (the best one when early stopping restored it).
       history: one record per epoch (see :func:`fit`).
       stopped_early: whether early stopping or a callback ended training.
+      pipeline: the input pipeline used: ``device`` or ``stream``.
     """
 
     state: TrainState
     history: list[dict]
     stopped_early: bool = False
+    pipeline: str = "device"
 
 
 def _permutation(key: jax.Array, epoch: int, n: int) -> jax.Array:
@@ -475,8 +479,8 @@ def _permutation(key: jax.Array, epoch: int, n: int) -> jax.Array:
 _jit_permutation = jax.jit(_permutation, static_argnums=2)
 
 
-def _loop_step(state, acc, images, labels, perm, key, *, batch_size, steps_per_epoch,
-               preprocess, sharding):
+def _loop_step(state, acc, images, labels, perm, key, aug_key=None, *, batch_size,
+               steps_per_epoch, preprocess, sharding, augment=None):
     """One compiled call of fit: gather the batch, train, and accumulate metrics.
 
     A non-finite loss leaves the state untouched (this step and every later
@@ -485,9 +489,23 @@ def _loop_step(state, acc, images, labels, perm, key, *, batch_size, steps_per_e
     index = state.step % steps_per_epoch
     idx = jax.lax.dynamic_slice(perm, (index * batch_size,), (batch_size,))
     x, y = images[idx], labels[idx]
+    return _batch_step(state, acc, x, y, key, aug_key, preprocess=preprocess,
+                       sharding=sharding, augment=augment)
+
+
+def _stream_step(state, acc, x, y, key, aug_key=None, *, preprocess, sharding, augment=None):
+    """The streaming path's compiled call: the batch arrives already gathered."""
+    return _batch_step(state, acc, x, y, key, aug_key, preprocess=preprocess,
+                       sharding=sharding, augment=augment)
+
+
+def _batch_step(state, acc, x, y, key, aug_key, *, preprocess, sharding, augment):
     if sharding is not None:
         x = jax.lax.with_sharding_constraint(x, sharding)
         y = jax.lax.with_sharding_constraint(y, sharding)
+    if augment is not None:
+        # Keyed by the step like dropout, so a resumed run augments identically.
+        x = augment_batch(x, jax.random.fold_in(aug_key, state.step), augment)
     new_state, m = train_step(state, {"image": preprocess(x), "label": y}, key)
     ok = jnp.isfinite(m["loss"]) & (acc["bad_step"] < 0)
     state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
@@ -504,7 +522,10 @@ def _loop_step(state, acc, images, labels, perm, key, *, batch_size, steps_per_e
 # One jitted function for every fit call, so identical runs share compiled code.
 _jit_loop_step = jax.jit(
     _loop_step, donate_argnums=(0, 1),
-    static_argnames=("batch_size", "steps_per_epoch", "preprocess", "sharding"))
+    static_argnames=("batch_size", "steps_per_epoch", "preprocess", "sharding", "augment"))
+_jit_stream_step = jax.jit(
+    _stream_step, donate_argnums=(0, 1),
+    static_argnames=("preprocess", "sharding", "augment"))
 
 
 def _zero_acc():
@@ -517,12 +538,14 @@ def make_fit_step(
     steps_per_epoch: int,
     preprocess: Preprocess,
     mesh=None,
+    augment: Augment | None = None,
 ) -> Callable:
     """The compiled per-batch function that :func:`fit` calls once per step.
 
-    ``fn(state, acc, images, labels, perm, dropout_key) -> (state, acc)``
+    ``fn(state, acc, images, labels, perm, dropout_key, aug_key=None) -> (state, acc)``
     gathers batch ``state.step % steps_per_epoch`` of ``perm`` from the
-    on-device ``images``/``labels``, runs :func:`train_step`, and adds the
+    on-device ``images``/``labels``, augments it (with ``augment``, keyed by
+    ``fold_in(aug_key, state.step)``), runs :func:`train_step`, and adds the
     metrics to ``acc``. ``state`` and ``acc`` are donated.
 
     Example:
@@ -531,7 +554,22 @@ def make_fit_step(
     sharding = shd.batch_sharding(mesh) if mesh is not None and mesh.devices.size > 1 else None
     return functools.partial(_jit_loop_step, batch_size=batch_size,
                              steps_per_epoch=steps_per_epoch, preprocess=preprocess,
-                             sharding=sharding)
+                             sharding=sharding, augment=augment)
+
+
+def make_stream_step(preprocess: Preprocess, mesh=None,
+                     augment: Augment | None = None) -> Callable:
+    """The compiled per-batch function of the streaming pipeline.
+
+    ``fn(state, acc, x, y, dropout_key, aug_key=None) -> (state, acc)``: like
+    :func:`make_fit_step`, for a batch ``(x, y)`` already on the device.
+
+    Example:
+      >>> fn = make_stream_step(Preprocess(1.0, (0.0,), (1.0,)))
+    """
+    sharding = shd.batch_sharding(mesh) if mesh is not None and mesh.devices.size > 1 else None
+    return functools.partial(_jit_stream_step, preprocess=preprocess, sharding=sharding,
+                             augment=augment)
 
 
 def fit(
@@ -552,15 +590,22 @@ def fit(
     callbacks: Sequence[Callback] = (),
     history: list[dict] | None = None,
     progress: bool = True,
+    pipeline: str = "auto",
+    augment: Augment | None = None,
+    memory_budget: int | None = None,
+    prefetch: int = 2,
 ) -> FitResult:
     """Trains ``state`` on ``dataset.train`` for ``epochs`` epochs.
 
-    The training split is put on the device(s) once. Each epoch draws a
-    permutation from ``fold_in(keys.data, epoch)``; the trailing partial batch
-    is dropped (a different one each epoch). Each step is one compiled call
-    (gather, forward, backward, update, metrics); metrics reach the host only
-    at log points and at the end of each epoch, when the validation split (if
-    any) is evaluated.
+    When the training split fits the memory budget it is put on the
+    device(s) once and each step gathers its batch there; otherwise a
+    background thread streams host batches to the device ahead of the step
+    (see :mod:`jaxcnn.pipeline`). Either way each epoch draws a permutation
+    from ``fold_in(keys.data, epoch)``; the trailing partial batch is dropped
+    (a different one each epoch). Each step is one compiled call (augment,
+    forward, backward, update, metrics); metrics reach the host only at log
+    points and at the end of each epoch, when the validation split (if any)
+    is evaluated.
 
     Training resumes where ``state.step`` says: epoch ``step //
     steps_per_epoch``, batch ``step % steps_per_epoch``.
@@ -587,6 +632,13 @@ def fit(
       callbacks: :class:`Callback` hooks.
       history: records of earlier epochs (when resuming).
       progress: show a progress bar on stderr.
+      pipeline: ``auto``, ``device`` or ``stream`` (see
+        :func:`jaxcnn.pipeline.choose_pipeline`).
+      augment: on-device augmentation (:class:`jaxcnn.pipeline.Augment`), keyed
+        by ``fold_in(augment_key(keys), step)``; None: none.
+      memory_budget: bytes the training split may take on the device (None:
+        :func:`jaxcnn.pipeline.device_memory_budget`'s default).
+      prefetch: batches in flight on the streaming path.
 
     Returns:
       A :class:`FitResult`.
@@ -619,14 +671,30 @@ def fit(
         raise ConfigError("early stopping needs validation data; set data.validation_fraction "
                           "(e.g. 0.1) or turn early stopping off")
     history = list(history or [])
-    step_fn = make_fit_step(batch_size, steps_per_epoch, preprocess, mesh)
     place = shd.replicated(mesh) if mesh is not None else jax.devices()[0]
-    images = jax.device_put(dataset.train.images, place)
-    labels = jax.device_put(dataset.train.labels, place)
+    nbytes = dataset.train.images.nbytes + dataset.train.labels.nbytes
+    mode = choose_pipeline(pipeline, nbytes, memory_budget if memory_budget is not None
+                           else device_memory_budget() if pipeline == "auto" else 0)
+    if mode == "device":
+        step_fn = make_fit_step(batch_size, steps_per_epoch, preprocess, mesh, augment)
+        images = jax.device_put(dataset.train.images, place)
+        labels = jax.device_put(dataset.train.labels, place)
+    else:
+        step_fn = make_stream_step(preprocess, mesh, augment)
     state = jax.device_put(state, place)
     dropout_key = jax.device_put(keys.dropout, place)
+    aug_key = jax.device_put(augment_key(keys), place) if augment is not None else None
 
     step = int(jax.device_get(state.step))
+    feeder = None
+    if mode == "stream":
+        multi = mesh is not None and mesh.devices.size > 1
+        feeder = Prefetcher(
+            dataset.train.images, dataset.train.labels,
+            lambda e: jax.device_get(_jit_permutation(keys.data, e, n)), batch_size,
+            steps_per_epoch, step, max(epochs * steps_per_epoch - step, 0),
+            shd.batch_sharding(mesh) if multi else place, prefetch)
+        batches = iter(feeder)
     start_epoch, start_index = divmod(step, steps_per_epoch)
     best = _Best(early_stopping_metric, state if restore_best else None)
     for record in history:
@@ -639,7 +707,8 @@ def fit(
         for epoch in range(start_epoch, epochs):
             # Committed placement for every argument: the compiled step then sees the same
             # shardings on every call and compiles once.
-            perm = jax.device_put(_jit_permutation(keys.data, epoch, n), place)
+            if mode == "device":
+                perm = jax.device_put(_jit_permutation(keys.data, epoch, n), place)
             acc = jax.device_put(_zero_acc(), place)
             first = start_index if epoch == start_epoch else 0
             bar.reset(total=steps_per_epoch)
@@ -647,7 +716,11 @@ def fit(
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
             t0 = last_log = time.perf_counter()
             for _ in range(first, steps_per_epoch):
-                state, acc = step_fn(state, acc, images, labels, perm, dropout_key)
+                if mode == "device":
+                    state, acc = step_fn(state, acc, images, labels, perm, dropout_key, aug_key)
+                else:
+                    x, y = next(batches)
+                    state, acc = step_fn(state, acc, x, y, dropout_key, aug_key)
                 step += 1
                 bar.update(1)
                 now = time.perf_counter()
@@ -682,11 +755,13 @@ def fit(
                 break
     finally:
         bar.close()
+        if feeder is not None:
+            feeder.close()
     if stopped and restore_best and early_stopping_patience and best.state is not None:
         state = best.state
     for cb in callbacks:
         cb.on_train_end(state, history)
-    return FitResult(state, history, stopped)
+    return FitResult(state, history, stopped, mode)
 
 
 def _host_acc(acc, state) -> dict[str, float]:

@@ -134,6 +134,7 @@ def test_framework_rows_share_flops_and_show_the_ratio(train_row):
     agg = {a["framework"]: a for a in bench.aggregate([train_row, *rows])}
     assert agg["torch"]["ratio"] == pytest.approx(2.0)
     assert "2.00x" in bench.format_table([train_row, *rows])
+    assert "| torch | step | 8 |" in bench.format_table([train_row, *rows], markdown=True)
 
 
 def test_request_describes_every_layer_with_its_defaults():

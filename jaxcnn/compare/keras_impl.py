@@ -11,8 +11,10 @@ Dense; the softmax output is a Dense layer producing logits, trained with
 the same learning rate and epsilon (Keras's default epsilon is 1e-7; jaxcnn's
 1e-8 is passed), and the same batch, already on the device. Training runs
 ``train_on_batch`` (one compiled step per call, like jaxcnn's step mode), with
-Keras's default ``jit_compile="auto"``, which compiles with XLA on both
-backends; inference runs ``predict_on_batch``, evaluation ``test_on_batch``.
+Keras's default ``jit_compile="auto"``: XLA on the JAX backend and on
+TensorFlow with a GPU, but a plain ``tf.function`` graph (TensorFlow's own
+oneDNN kernels, no XLA) on a CPU-only machine; each row's ``framework_detail``
+records which. Inference runs ``predict_on_batch``, evaluation ``test_on_batch``.
 ``--dtype bfloat16`` uses the ``mixed_bfloat16`` policy (bfloat16 compute,
 float32 variables).
 

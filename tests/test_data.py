@@ -1,0 +1,259 @@
+"""tensorflow-datasets without TensorFlow: mocked and really prepared data, offline errors, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from jaxcnn.cli import main
+from jaxcnn.config import Config, override
+from jaxcnn.data import Preprocess, load_dataset
+from jaxcnn.errors import DataError
+from jaxcnn.tfds_data import default_data_dir, detect_features, list_prepared, load_tfds, prepare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_images(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8), dtype=np.uint8)
+
+
+class JaxcnnTinyShapes(tfds.core.GeneratorBasedBuilder):
+    """A real (unmocked) tfds builder; PIL images are encoded without TensorFlow."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    SIZES = {"train": 40, "validation": 12, "test": 10}
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "picture": tfds.features.Image(shape=(8, 8, 1)),
+                "kind": tfds.features.ClassLabel(names=["circle", "square", "star"]),
+                "id": tfds.features.Text(),
+            }),
+            supervised_keys=("picture", "kind"))
+
+    def _split_generators(self, dl_manager):
+        return {s: self._generate_examples(s, n) for s, n in self.SIZES.items()}
+
+    def _generate_examples(self, split, n):
+        images = _tiny_images(n, seed=len(split))
+        for i in range(n):
+            yield i, {"picture": Image.fromarray(images[i]), "kind": i % 3, "id": f"{split}{i}"}
+
+
+class JaxcnnNeedsTf(tfds.core.GeneratorBasedBuilder):
+    """Yields NumPy images, which tfds encodes with TensorFlow."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(4, 4, 1)),
+            "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(4):
+            yield i, {"image": np.zeros((4, 4, 1), np.uint8), "label": i % 2}
+
+
+class JaxcnnTextOnly(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+        return {}
+
+    def _generate_examples(self):
+        yield from ()
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tfds"))
+    out = prepare("jaxcnn_tiny_shapes", d)
+    assert out["splits"] == {"train": 40, "validation": 12, "test": 10}
+    return d
+
+
+# --- mocked tfds (tfds.testing.mock_data patches the data_source path; no TensorFlow)
+
+
+def test_mock_mnist_shapes_metadata_and_carved_validation():
+    with tfds.testing.mock_data(num_examples=50):
+        ds = load_dataset("mnist", validation_fraction=0.2, data_dir="/nonexistent")
+    assert ds.name == "mnist"
+    assert ds.image_shape == (28, 28, 1) and ds.num_classes == 10
+    assert ds.train.images.dtype == np.uint8 and ds.train.labels.dtype == np.int32
+    assert ds.metadata()["splits"] == {"train": 40, "validation": 10, "test": 50}
+    assert len(ds.class_names) == 10
+    assert 0 <= ds.train.labels.min() and ds.train.labels.max() < 10
+
+
+def test_mock_cifar10_and_tfds_prefix():
+    with tfds.testing.mock_data(num_examples=16):
+        ds = load_dataset("cifar10")
+        ds2 = load_dataset("tfds:cifar10")
+    assert ds.image_shape == (32, 32, 3) and ds.num_classes == 10
+    assert ds.train.images.dtype == np.uint8 and ds.validation is None
+    np.testing.assert_array_equal(ds.train.images, ds2.train.images)
+
+
+def test_train_mnist_end_to_end_under_mock(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=64):
+        code = main(["train", "--dataset", "mnist", "--epochs", "1", "--batch-size", "16",
+                     "--spec", "conv(4,3) maxpool(2) flatten softmax", "--num-devices", "1",
+                     "--validation", "0.25", "--data-dir", str(tmp_path / "tfds"),
+                     "--workdir", str(workdir), "--quiet", "--json"])
+    assert code == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    meta = json.loads((workdir / "meta.json").read_text())
+    splits = meta["dataset"]["splits"]
+    assert splits["train"] + splits["validation"] == 64 and splits["validation"] >= 10
+    assert out["dataset"] == "mnist" and out["test_examples"] == 64
+    assert out["steps"] == splits["train"] // 16 and "val_accuracy" in out
+    assert meta["dataset"]["image_shape"] == [28, 28, 1]
+    assert meta["dataset"]["num_classes"] == 10
+    assert meta["augment"] is None  # off by default for digits
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["data_dir"] == str(tmp_path / "tfds")
+
+
+def test_cifar_like_data_augments_by_default():
+    from jaxcnn.run import prepare as prepare_run
+
+    with tfds.testing.mock_data(num_examples=8):
+        run = prepare_run(override(Config(), {"data.dataset": "cifar10", "data.batch_size": 4,
+                                              "train.num_devices": 1}))
+    assert run.meta()["augment"] == {"crop_padding": 4, "flip": True}
+    # The dataset's metadata sized the model: 32x32x3 input, 10 outputs.
+    assert run.meta()["model"]["params"] > 0
+    logits = run.model.apply({"params": run.state.params}, np.zeros((1, 32, 32, 3), np.float32))
+    assert logits.shape == (1, 10)
+
+
+# --- really prepared data, read through tfds.data_source (ArrayRecord)
+
+
+def test_prepared_data_loads_exactly(prepared_dir):
+    ds = load_dataset("jaxcnn_tiny_shapes", data_dir=prepared_dir, validation_fraction=0.1)
+    assert ds.class_names == ("circle", "square", "star")
+    assert ds.image_shape == (8, 8, 1) and ds.num_classes == 3
+    # The dataset's own validation split is used rather than a carved one.
+    assert ds.metadata()["splits"] == {"train": 40, "validation": 12, "test": 10}
+    # Record order in ArrayRecord is tfds's shuffled order: compare as sets of examples.
+    want = {(img.tobytes(), i % 3) for i, img in enumerate(_tiny_images(40, seed=len("train")))}
+    got = {(img[..., 0].tobytes(), int(y)) for img, y in zip(ds.train.images, ds.train.labels)}
+    assert got == want
+
+
+def test_prepared_split_syntax(prepared_dir, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", prepared_dir)
+    assert default_data_dir() == prepared_dir
+    ds = load_dataset("jaxcnn_tiny_shapes",
+                      splits={"train": "train[:50%]", "validation": "train[50%:]",
+                              "test": "test[:4]"})
+    assert ds.metadata()["splits"] == {"train": 20, "validation": 20, "test": 4}
+    with pytest.raises(DataError, match="cannot read split 'dev'.*splits here: test, train, "
+                                        "validation"):
+        load_tfds("jaxcnn_tiny_shapes", splits={"test": "dev"})
+
+
+def test_data_list_and_prepare_cli(prepared_dir, capsys):
+    found = list_prepared(prepared_dir)
+    assert [(d["name"], d["version"], d["readable"]) for d in found] == [
+        ("jaxcnn_tiny_shapes", "1.0.0", True)]
+    assert found[0]["splits"] == {"train": 40, "validation": 12, "test": 10}
+    assert main(["data", "list", "--data-dir", prepared_dir]) == 0
+    assert "jaxcnn_tiny_shapes" in capsys.readouterr().out
+    # Preparing again finds the data and does not rebuild it.
+    assert main(["data", "prepare", "jaxcnn_tiny_shapes", "--data-dir", prepared_dir,
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["splits"]["test"] == 10
+
+
+def test_features_detection_errors():
+    with pytest.raises(DataError, match="needs one Image and one ClassLabel feature.*text \\(Text\\)"):
+        detect_features(tfds.builder("jaxcnn_text_only").info, "jaxcnn_text_only")
+    f = detect_features(tfds.builder("jaxcnn_tiny_shapes").info)
+    assert (f.image, f.label) == ("picture", "kind")
+
+
+# --- offline behaviour and errors
+
+
+def test_not_prepared_fails_fast_with_the_commands(tmp_path, capsys):
+    t0 = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", data_dir=str(tmp_path))
+    assert time.perf_counter() - t0 < 10
+    msg = str(err.value)
+    assert "'mnist' is not prepared in " + str(tmp_path) in msg
+    assert f"jaxcnn data prepare mnist --data-dir {tmp_path}" in msg
+    assert f"--data-dir {tmp_path}" in msg and f"TFDS_DATA_DIR={tmp_path}" in msg
+    assert os.listdir(tmp_path) == [] or "downloads" not in os.listdir(tmp_path)
+    assert main(["train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path)]) == 2
+    assert "jaxcnn data prepare fashion_mnist" in capsys.readouterr().err
+
+
+def test_unknown_name():
+    with pytest.raises(DataError, match="unknown dataset 'no_such_set_qq'"):
+        load_dataset("no_such_set_qq")
+    with pytest.raises(DataError, match="unknown dataset 'no_such_set_qq'"):
+        load_dataset("tfds:no_such_set_qq")
+
+
+@pytest.mark.skipif(sys.modules.get("tensorflow") is not None, reason="TensorFlow installed")
+def test_prepare_that_needs_tensorflow_names_the_extra(tmp_path):
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("TensorFlow is installed")
+    except ImportError:
+        pass
+    with pytest.raises(DataError, match='needs TensorFlow.*tensorflow-datasets\\[tensorflow\\]'):
+        prepare("jaxcnn_needs_tf", str(tmp_path))
+
+
+def test_import_jaxcnn_does_not_import_tfds():
+    code = "import sys, jaxcnn; print('tensorflow_datasets' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert p.stdout.strip() == "False", p.stderr
+
+
+# --- normalisation statistics: computed on train, stored with the run, reused
+
+
+def test_normalisation_stats_stored_and_reused(tmp_path):
+    from jaxcnn.run import prepare as prepare_run, train_and_evaluate
+    from jaxcnn.train import predict
+
+    cfg = override(Config(), {"data.dataset": "synthetic:8x8x3:3:96", "train.epochs": 1,
+                              "data.batch_size": 16, "data.validation_fraction": 0.25,
+                              "model.name": "conv(4,3) flatten softmax",
+                              "train.num_devices": 1})
+    run = prepare_run(cfg)
+    ds = run.dataset
+    assert run.preprocess == Preprocess.fit(ds.train.images)
+    both = np.concatenate([ds.train.images, ds.validation.images])
+    assert run.preprocess != Preprocess.fit(both)  # validation data not used
+    train_and_evaluate(cfg, str(tmp_path / "run"), progress=False)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    stored = Preprocess.from_dict(meta["preprocess"])
+    assert stored == run.preprocess
+    probs = predict(run.state, ds.test.images[:5], stored)
+    np.testing.assert_array_equal(probs, predict(run.state, ds.test.images[:5], run.preprocess))
