@@ -40,9 +40,10 @@ from jaxcnn.train import create_train_state, train_step
 VARIANTS = {
     "xla": ("xla", {}),
     "fast": ("fast", {}),
-    "fast_dw_offsets": ("fast", {"_CONV_DW": "offsets"}),
-    "fast_dw_concat": ("fast", {"_CONV_DW": "concat"}),
-    "fast_dx_shift": ("fast", {"_CONV_DX": "shift"}),
+    # Shifted-input (im2col) weight gradient for every conv, however wide.
+    "fast_all_convs": ("fast", {"_FAST_MAX_CIN": 1 << 30}),
+    # Only the max-pool gradient replaced.
+    "fast_pools_only": ("fast", {"_FAST_MAX_CIN": 0}),
 }
 
 

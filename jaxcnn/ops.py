@@ -6,11 +6,14 @@ directly, so that the implementation can be chosen per backend in one place.
 ``impl`` selects the implementation:
 
 * ``"xla"``: the plain ``lax`` operation, differentiated by JAX autodiff.
-* ``"fast"``: a formulation with a custom backward pass that XLA's CPU
-  backend runs faster (see ``docs/benchmarks.md``). Cases it does not cover
-  fall back to ``"xla"`` automatically.
-* ``"auto"``: ``"fast"`` where it has been measured to win (the CPU backend),
-  ``"xla"`` elsewhere.
+* ``"fast"``: the same forward computation with a custom backward pass that
+  XLA's CPU backend runs faster: max pooling over non-overlapping windows,
+  and convolutions with at most 4 input channels (see the comments above
+  :func:`conv2d_path` and ``docs/benchmarks.md``). Cases it does not cover,
+  or where it was measured not to win, run ``"xla"`` automatically;
+  :func:`conv2d_path` and :func:`max_pool_path` tell which one runs.
+* ``"auto"``: ``"fast"`` on the CPU backend, where it was measured to win;
+  ``"xla"`` on GPU and TPU, which keep XLA's own kernels.
 
 All arrays are NHWC; convolution kernels are HWIO.
 """
@@ -22,7 +25,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 IMPLS = ("auto", "xla", "fast")
@@ -106,8 +108,8 @@ def max_pool(
       strides: ``(sh, sw)``; defaults to ``window`` (non-overlapping).
       padding: ``"VALID"``, ``"SAME"`` (pads with ``-inf``) or explicit
         ``((top, bottom), (left, right))``.
-      impl: ``"auto"``, ``"xla"`` or ``"fast"``; :func:`pool_path` tells which
-        one runs.
+      impl: ``"auto"``, ``"xla"`` or ``"fast"``; :func:`max_pool_path` tells
+        which one runs.
 
     Returns:
       The pooled array. Its gradient goes to one element per window, the
@@ -121,7 +123,7 @@ def max_pool(
     """
     window = tuple(window)
     strides = tuple(strides) if strides is not None else window
-    if pool_path(x.shape, window, strides, padding, dtype=x.dtype, impl=impl) == "fast":
+    if max_pool_path(x.shape, window, strides, padding, dtype=x.dtype, impl=impl) == "fast":
         return _fast_max_pool(x, window, strides, padding)
     return _xla_max_pool(x, window, strides, padding)
 
@@ -131,8 +133,6 @@ def avg_pool(
     window: tuple[int, int] = (2, 2),
     strides: tuple[int, int] | None = None,
     padding: Padding = "VALID",
-    *,
-    impl: str = "auto",
 ) -> jax.Array:
     """Average pooling over spatial windows of an NHWC array.
 
@@ -142,12 +142,12 @@ def avg_pool(
       x: input, shape ``(N, H, W, C)``.
       window: ``(wh, ww)``.
       strides: ``(sh, sw)``; defaults to ``window``.
-      padding: ``"VALID"``, ``"SAME"`` or explicit ``((top, bottom), (left, right))``.
-      impl: ``"auto"``, ``"xla"`` or ``"fast"``; :func:`pool_path` tells which
-        one runs.
+      padding: ``"VALID"`` or ``"SAME"``.
 
     Returns:
-      The pooled array.
+      The pooled array. There is one implementation: XLA's average-pool
+      gradient (a pad and a window sum) is already cheap on every backend,
+      and a reshape-based form measured no faster on CPU.
 
     Example:
       >>> import jax.numpy as jnp
@@ -157,8 +157,6 @@ def avg_pool(
     """
     window = tuple(window)
     strides = tuple(strides) if strides is not None else window
-    if pool_path(x.shape, window, strides, padding, dtype=x.dtype, impl=impl) == "fast":
-        return _fast_avg_pool(x, window, padding)
     dims, strd = (1, *window, 1), (1, *strides, 1)
     pad = _pool_padding(padding)
     summed = lax.reduce_window(x, 0.0, lax.add, dims, strd, pad)
@@ -199,23 +197,28 @@ def _xla_max_pool(x, window, strides, padding):
 # The CPU fast path.
 #
 # XLA's CPU backend runs a forward convolution close to the machine's matmul
-# speed but its weight-gradient convolution and reduce_window's
-# select-and-scatter gradient several times slower. The fast path keeps every
-# forward computation and replaces those backward passes with matmuls and
-# elementwise ops that XLA's CPU backend runs well.
+# speed, but reduce_window's max gradient (select-and-scatter) and the weight
+# gradient of convolutions with few input channels run many times slower than
+# the forward pass. The fast path keeps every forward computation and replaces
+# those two backward passes:
+#
+# * max pooling with non-overlapping windows: a reshape + max, whose gradient
+#   is one fused elementwise pass that routes each window's cotangent to its
+#   first maximum (the element select-and-scatter picks);
+# * convolutions with at most _FAST_MAX_CIN input channels (the image layer):
+#   the weight gradient is one matmul of the stacked kernel-offset shifts of
+#   the input (im2col, small because there are few channels) with the output
+#   gradient; the input gradient stays XLA's transposed convolution.
+#
+# Wider convolutions stay on XLA's kernels: shifted-matmul and im2col weight
+# gradients measured slower there (docs/benchmarks.md, "The CPU fast path").
 
 _FAST_AVAILABLE = True
 
-# Strategy knobs, read at trace time; experiments/bench_fast_path.py flips them
-# to compare formulations. The defaults are the measured winners.
-#   _CONV_DW: "concat" = one matmul over the stacked kernel-offset shifts of x
-#             (im2col); "offsets" = one matmul per kernel offset; "auto" picks
-#             concat when the stacked buffer is small (few input channels).
-#   _CONV_DX: "conv" = the transposed convolution JAX's autodiff uses;
-#             "shift" = one matmul per kernel offset, scattered by padding.
-_CONV_DW = "auto"
-_CONV_DX = "conv"
-_CONCAT_MAX_CIN = 8
+# The stacked shifts hold KH*KW*C_in columns per output pixel; up to 4 input
+# channels that beat XLA's weight-gradient convolution 2x (1 and 3 channels,
+# 28x28 and 32x32 images); at 8 and more it lost 2-3x.
+_FAST_MAX_CIN = 4
 
 
 def _conv_pads(x_hw, k_hw, strides, padding):
@@ -234,9 +237,11 @@ def conv2d_path(x_shape, kernel_shape, *, strides=(1, 1), padding="VALID", dilat
                 dtype=jnp.float32, impl="auto", backend=None) -> str:
     """The implementation :func:`conv2d` runs for these arguments.
 
-    ``"fast"`` only where the fast path covers the case (2-D, no dilation,
-    non-negative padding, a floating dtype); otherwise ``"xla"``, also when
-    ``impl`` asked for ``"fast"``.
+    ``"fast"`` where the fast path covers the case and has been measured to
+    win: a floating dtype, no dilation, any stride, ``"SAME"``, ``"VALID"``
+    or non-negative explicit padding, and at most 4 input channels (the
+    image layer, whose weight gradient XLA's CPU backend computes slowly).
+    Everything else runs ``"xla"``, also when ``impl`` asked for ``"fast"``.
 
     Args:
       x_shape: input shape ``(N, H, W, C_in)``.
@@ -254,10 +259,14 @@ def conv2d_path(x_shape, kernel_shape, *, strides=(1, 1), padding="VALID", dilat
       'fast'
       >>> conv2d_path((8, 28, 28, 1), (3, 3, 1, 32), dilation=(2, 2), impl="fast")
       'xla'
+      >>> conv2d_path((8, 13, 13, 32), (3, 3, 32, 64), impl="fast")  # XLA is faster here
+      'xla'
     """
     if resolve_impl(impl, backend) != "fast" or not _FAST_AVAILABLE:
         return "xla"
     if len(x_shape) != 4 or len(kernel_shape) != 4 or x_shape[3] != kernel_shape[2]:
+        return "xla"
+    if x_shape[3] > _FAST_MAX_CIN:
         return "xla"
     if tuple(dilation) != (1, 1) or min(strides) < 1:
         return "xla"
@@ -266,19 +275,20 @@ def conv2d_path(x_shape, kernel_shape, *, strides=(1, 1), padding="VALID", dilat
     pads = _conv_pads(tuple(x_shape[1:3]), tuple(kernel_shape[:2]), tuple(strides), padding)
     if pads is None:
         return "xla"
-    for size, k, s, (lo, hi) in zip(x_shape[1:3], kernel_shape[:2], strides, pads):
+    for size, k, (lo, hi) in zip(x_shape[1:3], kernel_shape[:2], pads):
         if size + lo + hi < k:
             return "xla"
     return "fast"
 
 
-def pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *, dtype=jnp.float32,
-              impl="auto", backend=None) -> str:
-    """The implementation :func:`max_pool` and :func:`avg_pool` run for these arguments.
+def max_pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *,
+                  dtype=jnp.float32, impl="auto", backend=None) -> str:
+    """The implementation :func:`max_pool` runs for these arguments.
 
-    The fast path covers non-overlapping windows (``strides == window``) with
-    ``"VALID"`` (the last partial window is dropped), ``"SAME"`` (the input is
-    padded) or explicit non-negative padding; anything else runs ``"xla"``.
+    The fast path covers non-overlapping windows (``strides == window``) of
+    any size with ``"VALID"`` (a trailing partial window is dropped),
+    ``"SAME"`` (the input is padded with ``-inf``) or explicit non-negative
+    padding, in a floating dtype; anything else runs ``"xla"``.
 
     Args:
       x_shape: input shape ``(N, H, W, C)``.
@@ -291,9 +301,9 @@ def pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *, dtype=jn
       ``"xla"`` or ``"fast"``.
 
     Example:
-      >>> pool_path((8, 26, 26, 32), (2, 2), impl="fast")
+      >>> max_pool_path((8, 26, 26, 32), (2, 2), impl="fast")
       'fast'
-      >>> pool_path((8, 26, 26, 32), (3, 3), (2, 2), impl="fast")  # overlapping windows
+      >>> max_pool_path((8, 26, 26, 32), (3, 3), (2, 2), impl="fast")  # overlapping
       'xla'
     """
     window = tuple(window)
@@ -340,53 +350,22 @@ def _shifts(xp, k_hw, out_hw, strides):
     ]
 
 
-def _matmul_t(a, b, out_dtype):
-    """``a^T @ b`` over every axis but the last: (..., P), (..., Q) -> (P, Q)."""
-    a2 = a.reshape(-1, a.shape[-1])
-    b2 = b.reshape(-1, b.shape[-1])
-    out = lax.dot_general(a2, b2, (((0,), (0,)), ((), ())),
-                          preferred_element_type=jnp.float32)
-    return out.astype(out_dtype)
-
-
 def _conv_dw(x, dy, k_shape, strides, pads):
+    """Weight gradient: ``cols^T @ dy`` with ``cols`` the stacked shifts of the input."""
     kh, kw, cin, cout = k_shape
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     views = _shifts(xp, (kh, kw), dy.shape[1:3], strides)
-    mode = _CONV_DW
-    if mode == "auto":
-        mode = "concat" if cin <= _CONCAT_MAX_CIN else "offsets"
-    if mode == "concat":
-        cols = jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
-        return _matmul_t(cols, dy, x.dtype).reshape(kh, kw, cin, cout)
-    return jnp.stack([_matmul_t(v, dy, x.dtype) for v in views]).reshape(kh, kw, cin, cout)
+    cols = jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
+    dw = lax.dot_general(cols.reshape(-1, kh * kw * cin), dy.reshape(-1, cout),
+                         (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dw.reshape(kh, kw, cin, cout)
 
 
 def _conv_dx(x_shape, kernel, dy, strides, pads):
-    n, h, w, cin = x_shape
-    kh, kw = kernel.shape[:2]
-    if _CONV_DX == "conv":
-        # Exactly the transposed convolution that autodiff of the forward uses.
-        _, vjp = jax.vjp(
-            lambda z: _xla_conv2d(z, kernel, strides=strides, padding=pads),
-            jnp.zeros(x_shape, dy.dtype))
-        return vjp(dy)[0]
-    ho, wo = dy.shape[1:3]
-    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
-    hp, wp = h + pt + pb, w + pl + pr
-    zero = jnp.zeros((), dy.dtype)
-    total = None
-    for i in range(kh):
-        for j in range(kw):
-            part = jnp.einsum("nhwo,io->nhwi", dy, kernel[i, j],
-                              preferred_element_type=jnp.float32).astype(dy.dtype)
-            # Place output pixel (a, b) at padded input pixel (i + a*sh, j + b*sw).
-            part = lax.pad(part, zero, ((0, 0, 0),
-                                        (i, hp - i - (ho - 1) * sh - 1, sh - 1),
-                                        (j, wp - j - (wo - 1) * sw - 1, sw - 1),
-                                        (0, 0, 0)))
-            total = part if total is None else total + part
-    return total[:, pt:pt + h, pl:pl + w, :]
+    """Input gradient: the transposed convolution that autodiff of the forward uses."""
+    _, vjp = jax.vjp(lambda z: _xla_conv2d(z, kernel, strides=strides, padding=pads),
+                     jnp.zeros(x_shape, dy.dtype))
+    return vjp(dy)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -400,6 +379,7 @@ def _fast_conv_fwd(x, kernel, strides, pads):
 
 def _fast_conv_bwd(strides, pads, res, dy):
     x, kernel = res
+    # Unused input gradients (the image layer's) are removed by XLA under jit.
     dx = _conv_dx(x.shape, kernel, dy, strides, pads)
     dw = _conv_dw(x, dy, kernel.shape, strides, pads)
     return dx.astype(x.dtype), dw.astype(kernel.dtype)
@@ -474,13 +454,3 @@ _fast_max.defvjp(_fast_max_fwd, _fast_max_bwd)
 
 def _fast_max_pool(x, window, strides, padding):
     return _fast_max(x, tuple(window), _pool_pads(tuple(x.shape[1:3]), window, padding))
-
-
-def _fast_avg_pool(x, window, padding):
-    geometry = _pool_pads(tuple(x.shape[1:3]), window, padding)
-    # Reshape + sum differentiates to a broadcast, which needs no custom rule.
-    summed = _blocks(x, window, geometry, 0).sum(axis=(2, 4))
-    if all(lo == 0 and hi <= 0 for lo, hi, _ in geometry):
-        return summed / (window[0] * window[1])
-    counts = _blocks(np.ones((1, *x.shape[1:3], 1), np.float32), window, geometry, 0)
-    return summed / counts.sum(axis=(2, 4)).astype(x.dtype)
