@@ -233,7 +233,8 @@ def main(argv=None):
             for row in prof:
                 print(f"  {row['layer']:28s} {str(row['input']):20s} "
                       f"xla fwd {row['xla_fwd_ms']:6.2f} fwd+bwd {row['xla_fwd_bwd_ms']:6.2f} | "
-                      f"fast fwd {row['fast_fwd_ms']:6.2f} fwd+bwd {row['fast_fwd_bwd_ms']:6.2f} ms",
+                      f"fast fwd {row['fast_fwd_ms']:6.2f} "
+                      f"fwd+bwd {row['fast_fwd_bwd_ms']:6.2f} ms",
                       flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -5,7 +5,9 @@ the library: ``train`` calls :func:`jaxcnn.run.train_and_evaluate`,
 ``summary`` calls :func:`jaxcnn.models.summary`.
 
 Exit codes: 0 success; 2 bad input (a one-line message on stderr, no
-traceback); 3 training diverged (NaN/Inf loss); 1 anything unexpected.
+traceback); 3 training diverged (NaN/Inf loss); 75 training preempted by
+SIGTERM/SIGINT after saving a checkpoint (run the same command again to
+resume; 75 is EX_TEMPFAIL, "try again later"); 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable, Sequence
 from jaxcnn.errors import JaxcnnError, NonFiniteLossError
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_PREEMPTED = 75
 
 log = logging.getLogger("jaxcnn")
 
@@ -76,7 +79,11 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable)")
-    p.add_argument("--workdir", help="run directory (default runs/<dataset>-<model>-<time>)")
+    p.add_argument("--workdir", help="run directory (default runs/<dataset>-<model>-<time>); "
+                   "one holding checkpoints resumes from the latest")
+    p.add_argument("--force-new", action="store_true",
+                   help="if --workdir holds checkpoints, start over in a new directory "
+                        "(WORKDIR-2, ...) instead of resuming")
     p.add_argument("--json", action="store_true",
                    help="print the final metrics as one JSON object on the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -122,8 +129,15 @@ def config_from_args(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from jaxcnn.run import train_and_evaluate
 
+    from jaxcnn.checkpoint import Preempted
+
     config = config_from_args(args)
-    out = train_and_evaluate(config, args.workdir, progress=not args.quiet)
+    try:
+        out = train_and_evaluate(config, args.workdir, progress=not args.quiet,
+                                 force_new=args.force_new)
+    except Preempted as e:
+        print(f"jaxcnn: preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     print(f"test accuracy {out['test_accuracy']:.4f}  test loss {out['test_loss']:.4f}  "
           f"({out['train_seconds']:.1f}s training)  run directory: {out['workdir']}",
           file=sys.stderr)
@@ -167,6 +181,81 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         _print_json(s.to_dict())
     else:
         print(s)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# eval and predict (from a run directory's checkpoints)
+
+
+def _add_checkpoint_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="run directory written by jaxcnn train")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--step", type=int, help="use the checkpoint of this step")
+    g.add_argument("--latest", action="store_true",
+                   help="use the latest checkpoint (default: the best by checkpoint.best_metric)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object on the last line of stdout")
+
+
+def _which(args: argparse.Namespace):
+    return args.step if args.step is not None else ("latest" if args.latest else "best")
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test split",
+                       description="Restore a run's checkpoint (the best by default) onto this "
+                                   "machine's devices and evaluate it on the test split of "
+                                   "the run's dataset, with the stored preprocessing.")
+    _add_checkpoint_choice(p)
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from jaxcnn.checkpoint import load
+    from jaxcnn.data import load_dataset
+    from jaxcnn.train import evaluate
+
+    r = load(args.workdir, _which(args))
+    c = r.config
+    dataset = load_dataset(c.data.dataset, validation_fraction=c.data.validation_fraction,
+                           seed=c.train.seed, data_dir=c.data.data_dir)
+    m = evaluate(r.state, dataset.test, r.preprocess, c.data.eval_batch_size)
+    out = {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "test_examples": m["count"],
+           "step": r.step, "epoch": r.meta.get("epoch"), "checkpoint": r.path,
+           "model": c.model.name, "dataset": dataset.name}
+    print(f"step {r.step}: test accuracy {m['accuracy']:.4f}  test loss {m['loss']:.4f}  "
+          f"({m['count']} examples; {r.path})", file=sys.stderr)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"test_accuracy={m['accuracy']:.4f} step={r.step}")
+    return EXIT_OK
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a trained run",
+                       description="Classify PNG/JPEG images or .npy arrays with a run's "
+                                   "checkpoint (the best by default), applying the stored "
+                                   "preprocessing; prints the top-k classes and probabilities.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="PNG/JPEG image or .npy array")
+    _add_checkpoint_choice(p)
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per input")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from jaxcnn.inference import predict_files
+
+    if args.top_k < 1:
+        raise JaxcnnError(f"--top-k must be >= 1; got {args.top_k}")
+    out = predict_files(args.workdir, args.files, which=_which(args), k=args.top_k)
+    if args.json:
+        _print_json(out)
+    else:
+        for p in out["predictions"]:
+            print(p["input"] + ": " + ", ".join(f"{t['class']} {t['probability']:.4f}"
+                                                for t in p["top_k"]))
     return EXIT_OK
 
 
@@ -367,8 +456,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 # Each entry adds one subcommand's parser; subcommands of later features append here.
 SUBCOMMANDS: list[Callable] = [_add_train_parser, _add_summary_parser]
-SUBCOMMANDS += [_add_bench_parser]
+SUBCOMMANDS += [_add_eval_parser, _add_predict_parser]
 SUBCOMMANDS += [_add_data_parser]
+SUBCOMMANDS += [_add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Typed, frozen run configuration that round-trips through JSON.
 
-A run is described by one :class:`Config` holding four sections: ``model``,
-``optimizer``, ``data`` and ``train``. Every value is checked when the config
+A run is described by one :class:`Config` holding five sections: ``model``,
+``optimizer``, ``data``, ``train`` and ``checkpoint``. Every value is checked when the config
 is made; unknown keys are refused with the list of valid ones.
 
 Example:
@@ -243,8 +243,61 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When to save checkpoints of a training run and which to keep.
+
+    Checkpoints live in ``<workdir>/checkpoints``; running the same command on
+    the same workdir again resumes from the latest one (see
+    :mod:`jaxcnn.checkpoint`). The final state, and the state at a SIGTERM or
+    SIGINT, are always saved while ``enabled``.
+
+    Attributes:
+      enabled: save checkpoints and resume from them.
+      every_steps: also save every this many steps (0: off).
+      every_epochs: save at the end of every this many epochs (0: off).
+      keep: how many of the most recent checkpoints to keep (>= 1).
+      keep_best: also keep this many best checkpoints by ``best_metric`` (0: none).
+      best_metric: ``val_accuracy``, ``val_loss``, ``accuracy`` or ``loss`` of
+        the epoch's history record (``*loss`` is better when lower). Saves
+        without that metric (mid-epoch, or no validation data) never count as
+        best; with none at all, the best is the latest.
+      async_save: write checkpoints in a background thread while training
+        goes on (training only waits for the copy off the device).
+
+    Example:
+      >>> CheckpointConfig(every_steps=100, keep=2).best_metric
+      'val_accuracy'
+    """
+
+    enabled: bool = True
+    every_steps: int = 0
+    every_epochs: int = 1
+    keep: int = 3
+    keep_best: int = 1
+    best_metric: str = "val_accuracy"
+    async_save: bool = True
+
+    def __post_init__(self):
+        _check(isinstance(self.every_steps, int) and self.every_steps >= 0,
+               f"checkpoint.every_steps must be an int >= 0 (0: off); got {self.every_steps!r}")
+        _check(isinstance(self.every_epochs, int) and self.every_epochs >= 0,
+               f"checkpoint.every_epochs must be an int >= 0 (0: off); got {self.every_epochs!r}")
+        _check(isinstance(self.keep, int) and self.keep >= 1,
+               f"checkpoint.keep must be an int >= 1 (the latest checkpoint is needed to "
+               f"resume); got {self.keep!r}")
+        _check(isinstance(self.keep_best, int) and self.keep_best >= 0,
+               f"checkpoint.keep_best must be an int >= 0; got {self.keep_best!r}")
+        _check(self.best_metric in BEST_METRICS,
+               f"checkpoint.best_metric must be one of {', '.join(BEST_METRICS)}; "
+               f"got {self.best_metric!r}")
+
+
+BEST_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """A whole run: model, optimiser, data and training settings.
+    """A whole run: model, optimiser, data, training and checkpoint settings.
 
     Example:
       >>> Config().model.name
@@ -257,6 +310,7 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The config as nested plain dicts (tuples become lists)."""

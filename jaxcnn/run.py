@@ -18,6 +18,7 @@ The run directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -149,8 +150,15 @@ def train_and_evaluate(
     dataset: Dataset | None = None,
     progress: bool = True,
     callbacks=(),
+    force_new: bool = False,
 ) -> dict:
     """Trains, evaluates on the test split and writes the run directory.
+
+    With ``config.checkpoint.enabled`` (the default) checkpoints go to
+    ``<workdir>/checkpoints`` and a workdir that already holds some resumes
+    from the latest one (step, parameters, optimiser state, history and the
+    stored preprocessing); the data order and dropout keys follow from the
+    step. SIGTERM/SIGINT save and raise :class:`jaxcnn.checkpoint.Preempted`.
 
     Args:
       config: the run's config.
@@ -158,6 +166,8 @@ def train_and_evaluate(
       dataset: train on this dataset instead of ``config.data.dataset``.
       progress: show a progress bar on stderr.
       callbacks: extra :class:`~jaxcnn.train.Callback` hooks for ``fit``.
+      force_new: when ``workdir`` holds checkpoints, start over in a new
+        directory (``workdir-2``, ...) instead of resuming.
 
     Returns:
       The final metrics, also written to ``summary.json``: ``test_accuracy``,
@@ -175,27 +185,63 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     run = prepare(config, dataset)
     workdir = workdir or default_workdir(config)
-    _make_workdir(workdir)
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    meta = run.meta()
-    _write_json(os.path.join(workdir, "meta.json"), meta)
-    log.info("model %s: %s parameters; data %s: %s", config.model.name,
-             f"{meta['model']['params']:,}", run.dataset.name, meta["dataset"]["splits"])
+    with contextlib.ExitStack() as stack:
+        saver, guard, history = None, None, []
+        if config.checkpoint.enabled:
+            from jaxcnn import checkpoint as ckpt
 
-    t_fit = time.perf_counter()
-    result: FitResult = fit(
-        run.state, run.dataset, keys=run.keys, epochs=config.train.epochs,
-        batch_size=config.data.batch_size, preprocess=run.preprocess,
-        eval_batch_size=config.data.eval_batch_size, mesh=run.mesh,
-        learning_rate=learning_rate_schedule(config.optimizer,
-                                             config.train.epochs * run.steps_per_epoch),
-        early_stopping_patience=config.train.early_stopping_patience,
-        early_stopping_metric=config.train.early_stopping_metric,
-        restore_best=config.train.restore_best,
-        log_every_seconds=config.train.log_every_seconds,
-        callbacks=callbacks, progress=progress,
-        **fit_options(config.data, run.dataset.image_shape))
+            if force_new and ckpt.has_checkpoints(workdir):
+                new_workdir = ckpt.fresh_workdir(workdir)
+                log.info("%s holds checkpoints of another run; starting over in %s",
+                         workdir, new_workdir)
+                workdir = new_workdir
+            _make_workdir(workdir)
+            ckpts = stack.enter_context(
+                ckpt.from_config(ckpt.checkpoint_dir(workdir), config.checkpoint))
+            # Restored directly onto this run's mesh, whatever layout saved it.
+            resumed = ckpt.resume(ckpts, config, run.state, shd.replicated(run.mesh))
+            if resumed is not None:
+                run = dataclasses.replace(
+                    run, state=resumed.state,
+                    preprocess=Preprocess.from_dict(resumed.meta["preprocess"]))
+                history = resumed.history
+                log.info("resuming from the checkpoint at step %d (epoch %d, batch %d) in %s",
+                         resumed.step, *divmod(resumed.step, run.steps_per_epoch),
+                         ckpts.step_path(resumed.step))
+        else:
+            _make_workdir(workdir)
+        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        meta = run.meta()
+        _write_json(os.path.join(workdir, "meta.json"), meta)
+        log.info("model %s: %s parameters; data %s: %s", config.model.name,
+                 f"{meta['model']['params']:,}", run.dataset.name, meta["dataset"]["splits"])
+        if config.checkpoint.enabled:
+            guard = stack.enter_context(ckpt.PreemptionGuard())
+            saver = ckpt.CheckpointCallback(
+                ckpts, {"config": config.to_dict(), **meta}, steps_per_epoch=run.steps_per_epoch,
+                every_steps=config.checkpoint.every_steps,
+                every_epochs=config.checkpoint.every_epochs, history=history, guard=guard)
+            callbacks = [saver, *callbacks]
+
+        t_fit = time.perf_counter()
+        result: FitResult = fit(
+            run.state, run.dataset, keys=run.keys, epochs=config.train.epochs,
+            batch_size=config.data.batch_size, preprocess=run.preprocess,
+            eval_batch_size=config.data.eval_batch_size, mesh=run.mesh,
+            learning_rate=learning_rate_schedule(config.optimizer,
+                                                 config.train.epochs * run.steps_per_epoch),
+            early_stopping_patience=config.train.early_stopping_patience,
+            early_stopping_metric=config.train.early_stopping_metric,
+            restore_best=config.train.restore_best,
+            log_every_seconds=config.train.log_every_seconds,
+            callbacks=callbacks, history=history, progress=progress,
+            **fit_options(config.data, run.dataset.image_shape))
+    # Leaving the block waited for the last checkpoint write (and raised if it failed).
     train_seconds = time.perf_counter() - t_fit
+    if saver is not None and saver.preempted_step is not None:
+        write_history(workdir, saver.history)
+        raise ckpt.Preempted(step=saver.preempted_step, workdir=workdir,
+                             signal_name=guard.requested)
     write_history(workdir, result.history)
 
     test = evaluate(result.state, run.dataset.test, run.preprocess,
