@@ -1,0 +1,359 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import checkpoint as ckpt
+from jaxcnn import sharding as shd
+from jaxcnn.cli import EXIT_BAD_INPUT, EXIT_PREEMPTED, main
+from jaxcnn.config import CheckpointConfig, Config, override
+from jaxcnn.errors import ConfigError
+from jaxcnn.run import train_and_evaluate
+from jaxcnn.train import Callback, train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Dropout is in the model so that resuming must also continue the key stream.
+SPEC = "conv(8,3) maxpool(2) flatten dropout(0.5) softmax"
+STEPS_PER_EPOCH = 22  # 1,437 digits // 64
+
+
+def _config(epochs=2, devices=1, **extra):
+    updates = {"model.name": SPEC, "data.batch_size": 64, "data.validation_fraction": 0.0,
+               "train.epochs": epochs, "train.num_devices": devices, **extra}
+    return override(Config(), updates)
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, state, step):
+        return step >= self.step
+
+
+def _arrays(workdir, which="latest"):
+    r = ckpt.load(workdir, which, sharding="numpy")
+    return r.step, jax.tree.leaves(ckpt.state_arrays(r.state))
+
+
+def _assert_identical(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 2-epoch run."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    out = train_and_evaluate(_config(), workdir, progress=False)
+    return workdir, out
+
+
+def _subprocess_env(devices=None):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Exact resume
+
+
+@pytest.mark.parametrize("stop", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 9],
+                         ids=["epoch_boundary", "mid_epoch"])
+def test_stopped_and_resumed_run_is_bit_identical(stop, reference, tmp_path):
+    ref_dir, ref_out = reference
+    workdir = str(tmp_path / "run")
+    first = train_and_evaluate(_config(), workdir, progress=False, callbacks=[StopAt(stop)])
+    assert first["stopped_early"]
+    assert ckpt.Checkpoints(ckpt.checkpoint_dir(workdir), read_only=True).latest_step() == stop
+    out = train_and_evaluate(_config(), workdir, progress=False)
+    step, leaves = _arrays(workdir)
+    ref_step, ref_leaves = _arrays(ref_dir)
+    assert step == ref_step == 2 * STEPS_PER_EPOCH
+    _assert_identical(leaves, ref_leaves)
+    assert out["test_accuracy"] == ref_out["test_accuracy"]
+    # The history continues: one record per epoch, as in one go.
+    history = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["step"] for r in history] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+
+
+def test_checkpoint_meta_holds_config_preprocess_metrics_and_versions(reference):
+    ref_dir, _ = reference
+    r = ckpt.load(ref_dir, "latest")
+    assert Config.from_dict(r.meta["config"]) == _config()
+    assert r.meta["preprocess"] == json.load(open(os.path.join(ref_dir, "meta.json")))["preprocess"]
+    assert r.meta["metrics"]["step"] == r.step and "loss" in r.meta["metrics"]
+    assert {"jax", "flax", "optax", "orbax"} <= set(r.meta["versions"])
+    assert r.meta["dataset"]["name"] == "digits" and len(r.meta["history"]) == 2
+
+
+def test_keep_last_and_best():
+    import tempfile
+
+    with ckpt.Checkpoints(tempfile.mkdtemp(), keep=2, keep_best=1, best_metric="val_loss",
+                          async_save=True) as c:
+        for step, loss in [(1, 0.3), (2, 0.9), (3, 0.8), (4, 0.7)]:
+            c.save(step, {"step": jnp.array(step)}, meta={}, metrics={"val_loss": loss})
+        c.save(5, {"step": jnp.array(5)}, meta={})  # mid-epoch: no metric, never "best"
+        c.wait()
+        assert c.steps() == [1, 4, 5] and c.best_step() == 1 and c.latest_step() == 5
+
+
+# ---------------------------------------------------------------------------
+# Another device layout
+
+
+def test_8_device_checkpoint_restores_on_1_and_4_devices_and_numpy(tmp_path):
+    assert len(jax.devices()) >= 8
+    workdir = str(tmp_path / "run8")
+    train_and_evaluate(_config(epochs=1, devices=8), workdir, progress=False)
+    saved = ckpt.load(workdir, "latest", sharding="numpy")
+    assert saved.meta["device"]["device_count"] == 8
+    expected = jax.tree.leaves(ckpt.state_arrays(saved.state))
+    assert all(isinstance(x, np.ndarray) for x in expected)
+    for n in (1, 4):
+        mesh = shd.make_mesh(n)
+        r = ckpt.load(workdir, "latest", sharding=shd.replicated(mesh))
+        leaves = jax.tree.leaves(ckpt.state_arrays(r.state))
+        assert all(x.sharding.mesh.devices.size == n for x in leaves)
+        _assert_identical(leaves, expected)
+        # Training continues on the new layout.
+        batch = jax.device_put({"image": jnp.ones((8, 8, 8, 1)), "label": jnp.arange(8) % 10},
+                               shd.batch_sharding(mesh))
+        state, metrics = jax.jit(train_step)(r.state, batch, jax.random.key(0))
+        assert int(state.step) == r.step + 1 and np.isfinite(float(metrics["loss"]))
+    # A run resumed with 4 devices continues from the 8-device checkpoint.
+    out = train_and_evaluate(_config(epochs=2, devices=4), workdir, progress=False)
+    assert out["steps"] == 2 * STEPS_PER_EPOCH and out["epochs"] == 2
+
+
+# ---------------------------------------------------------------------------
+# Preemption and crashes (subprocesses)
+
+
+def test_sigterm_saves_exits_75_and_restart_resumes(reference, tmp_path):
+    ref_dir, _ = reference
+    workdir = tmp_path / "pre"
+    cmd = [sys.executable, "-m", "jaxcnn", "train", "--spec", SPEC, "--batch-size", "64",
+           "--validation", "0", "--num-devices", "1", "--quiet", "--workdir", str(workdir)]
+    proc = subprocess.Popen([*cmd, "--epochs", "2000"], cwd=ROOT, env=_subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ckpt.has_checkpoints(str(workdir)) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    assert "preempted" in err and "SIGTERM" in err
+    saved = ckpt.Checkpoints(ckpt.checkpoint_dir(str(workdir)), read_only=True).latest_step()
+    assert saved >= STEPS_PER_EPOCH
+    # Restart with a horizon just past the save (the schedule is constant, so the
+    # number of epochs does not change the updates).
+    epochs = saved // STEPS_PER_EPOCH + 1
+    p = subprocess.run([*cmd, "--epochs", str(epochs), "--json"], cwd=ROOT, env=_subprocess_env(),
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert f"resuming from the checkpoint at step {saved}" in p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["steps"] == epochs * STEPS_PER_EPOCH
+    uninterrupted = str(tmp_path / "one_go")
+    train_and_evaluate(_config(epochs=epochs), uninterrupted, progress=False)
+    _assert_identical(_arrays(str(workdir))[1], _arrays(uninterrupted)[1])
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from jaxcnn.config import Config, override
+from jaxcnn.run import train_and_evaluate
+from jaxcnn.train import Callback
+
+class KillDuringSave(Callback):
+    def on_step_end(self, state, step):
+        if step == {kill_at}:  # the checkpoint callback has just started saving this step
+            os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = override(Config(), {{"model.name": "conv(64,3) flatten dense(512) softmax",
+                          "data.batch_size": 64, "data.validation_fraction": 0.0,
+                          "train.epochs": 2, "train.num_devices": 1,
+                          "checkpoint.every_steps": 10}})
+train_and_evaluate(cfg, sys.argv[1], progress=False, callbacks=[KillDuringSave()])
+"""
+
+
+def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):
+    workdir = str(tmp_path / "killed")
+    script = tmp_path / "kill.py"
+    # Saves at steps 10, 20, 22 (end of epoch 1) and 30; killed while step 30 is written.
+    script.write_text(KILL_SCRIPT.format(kill_at=30))
+    p = subprocess.run([sys.executable, str(script), workdir], cwd=ROOT, env=_subprocess_env(),
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    cdir = ckpt.checkpoint_dir(workdir)
+    leftovers = ckpt.leftover_temporary_dirs(cdir)
+    assert [os.path.basename(d).split(".")[0] for d in leftovers] == ["30"]
+    assert ckpt.Checkpoints(cdir, read_only=True).latest_step() == 22
+    cfg = override(Config(), {"model.name": "conv(64,3) flatten dense(512) softmax",
+                              "data.batch_size": 64, "data.validation_fraction": 0.0,
+                              "train.epochs": 2, "train.num_devices": 1,
+                              "checkpoint.every_steps": 10})
+    out = train_and_evaluate(cfg, workdir, progress=False)
+    assert out["steps"] == 2 * STEPS_PER_EPOCH
+    assert ckpt.leftover_temporary_dirs(cdir) == []
+    history = [json.loads(line) for line in open(os.path.join(workdir, "history.jsonl"))]
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+
+
+def test_corrupt_checkpoint_names_step_path_and_previous_step(reference, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(reference[0], workdir)
+    last = os.path.join(ckpt.checkpoint_dir(workdir), str(2 * STEPS_PER_EPOCH))
+    for dirpath, _, files in os.walk(os.path.join(last, "state")):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.getsize(path) > 100:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ckpt.CheckpointError) as e:
+        train_and_evaluate(_config(epochs=3), workdir, progress=False)
+    msg = str(e.value)
+    assert f"step {2 * STEPS_PER_EPOCH}" in msg and last in msg
+    assert f"step {STEPS_PER_EPOCH} is the previous complete checkpoint" in msg
+    # Broken metadata JSON is reported the same way.
+    meta_file = os.path.join(last, "meta", "metadata")
+    with open(meta_file, "w") as f:
+        f.write('{"config": {')
+    with pytest.raises(ckpt.CheckpointError, match=f"step {STEPS_PER_EPOCH} is the previous"):
+        ckpt.load(workdir, "latest")
+    # The previous step still serves.
+    assert ckpt.load(workdir, STEPS_PER_EPOCH).step == STEPS_PER_EPOCH
+
+
+def test_resume_with_another_model_refuses_and_force_new_starts_over(reference, tmp_path, capsys):
+    import shutil
+
+    workdir = str(tmp_path / "mismatch")
+    shutil.copytree(reference[0], workdir)
+    args = ["train", "--workdir", workdir, "--quiet", "--batch-size", "64", "--num-devices", "1",
+            "--validation", "0", "--epochs", "1", "--spec", "conv(4,3) flatten softmax", "--seed", "5"]
+    assert main(args) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "model.name" in err and "train.seed" in err and "--force-new" in err
+    assert main([*args, "--force-new", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["workdir"] == workdir + "-2" and out["steps"] == STEPS_PER_EPOCH
+    # The original checkpoints are untouched.
+    assert _arrays(workdir)[0] == 2 * STEPS_PER_EPOCH
+
+
+def test_unwritable_workdir_raises_at_once(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ckpt.CheckpointError, match="cannot write checkpoints"):
+        ckpt.Checkpoints(str(blocker / "checkpoints"))
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+import jax, jax.numpy as jnp
+from jaxcnn import checkpoint as ckpt
+
+c = ckpt.Checkpoints(sys.argv[1], async_save=True)
+c.save(1, {"w": jnp.ones(10)}, meta={})
+c.wait()
+# A file-size limit makes the background write fail as a full disk would.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+c.save(2, {"w": jax.random.normal(jax.random.key(0), (1_000_000,))}, meta={})
+try:
+    c.wait()
+except ckpt.CheckpointError as e:
+    print("CheckpointError:", e)
+"""
+
+
+def test_failed_background_save_raises_and_keeps_last_good_checkpoint(tmp_path):
+    d = str(tmp_path / "c")
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    p = subprocess.run([sys.executable, str(script), d], cwd=ROOT, env=_subprocess_env(),
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert "CheckpointError: saving step 2 to" in p.stdout
+    assert "the last complete checkpoint is step 1" in p.stdout
+    assert ckpt.Checkpoints(d).steps() == [1]  # and the partial step 2 is cleaned up
+    assert ckpt.leftover_temporary_dirs(d) == []
+
+
+def test_vanished_checkpoint_directory_raises_on_save(tmp_path):
+    import shutil
+
+    d = str(tmp_path / "c")
+    with pytest.raises(ckpt.CheckpointError, match="cannot write checkpoints"):
+        with ckpt.Checkpoints(d, async_save=False) as c:
+            c.save(1, {"w": jnp.ones(3)}, meta={})
+            shutil.move(d, d + ".moved")
+            open(d, "w").close()
+            c.save(2, {"w": jnp.ones(3)}, meta={})
+    assert ckpt.Checkpoints(d + ".moved", read_only=True).steps() == [1]
+
+
+def test_checkpoint_config_validation_and_round_trip():
+    cfg = override(Config(), {"checkpoint.every_steps": "50", "checkpoint.async_save": "false"})
+    assert cfg.checkpoint == CheckpointConfig(every_steps=50, async_save=False)
+    assert Config.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="checkpoint.keep must be"):
+        override(Config(), {"checkpoint.keep": 0})
+    with pytest.raises(ConfigError, match="best_metric must be one of"):
+        override(Config(), {"checkpoint.best_metric": "f1"})
+
+
+# ---------------------------------------------------------------------------
+# eval and predict
+
+
+def test_eval_and_predict_commands(reference, tmp_path, capsys):
+    from PIL import Image
+
+    workdir, out = reference
+    assert main(["eval", "--workdir", workdir, "--latest", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 2 * STEPS_PER_EPOCH
+    assert result["test_accuracy"] == pytest.approx(out["test_accuracy"], abs=1e-6)
+    assert main(["eval", "--workdir", workdir, "--step", "7"]) == EXIT_BAD_INPUT
+    assert "available steps" in capsys.readouterr().err
+
+    from jaxcnn.data import load_dataset
+
+    test = load_dataset("digits").test
+    np.save(tmp_path / "three.npy", test.images[:3])
+    Image.fromarray((test.images[0, ..., 0] * 255).astype(np.uint8)).save(tmp_path / "one.png")
+    files = [str(tmp_path / "three.npy"), str(tmp_path / "one.png")]
+    assert main(["predict", "--workdir", workdir, *files, "--top-k", "2", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = pred["predictions"]
+    assert [r["input"] for r in rows] == ["three.npy[0]", "three.npy[1]", "three.npy[2]", "one.png"]
+    assert all(len(r["top_k"]) == 2 and r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
+               for r in rows)
+    # The PNG of an image holds the same digit as the array (8-bit rounding aside).
+    assert rows[3]["top_k"][0]["index"] == rows[0]["top_k"][0]["index"]
+    assert main(["predict", "--workdir", workdir, files[1]]) == 0
+    assert capsys.readouterr().out.startswith("one.png: ")
