@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from jaxcnn import env
 from jaxcnn.config import Config, override
 from jaxcnn.data import Dataset, Preprocess, load_dataset
-from jaxcnn.errors import ConfigError, NonFiniteLossError
+from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteLossError
 from jaxcnn.train import Callback
 
 log = logging.getLogger("jaxcnn")
@@ -414,10 +414,23 @@ def _read_cell(workdir: str, cfg: Config) -> dict | None:
             row = json.load(f)
     except (OSError, ValueError):
         return None
-    if row.get("config") != cfg.to_dict():
+    if not _same_config(row.get("config"), cfg):
         log.info("sweep cell %s was run with another config; running it again", workdir)
         return None
     return row
+
+
+def _same_config(stored, cfg: Config) -> bool:
+    """Whether a stored config dict describes ``cfg``.
+
+    Compared as configs, not as JSON: a field added to jaxcnn since the cell
+    ran takes its default, which is what the cell ran with, so the cell still
+    counts as finished; a field that no longer exists makes it stale.
+    """
+    try:
+        return Config.from_dict(stored) == cfg
+    except (JaxcnnError, TypeError, AttributeError):
+        return False
 
 
 def _clear_stale(workdir: str, cfg: Config) -> None:
@@ -428,7 +441,7 @@ def _clear_stale(workdir: str, cfg: Config) -> None:
     """
     try:
         with open(os.path.join(workdir, "config.json")) as f:
-            same = json.load(f) == cfg.to_dict()
+            same = _same_config(json.load(f), cfg)
     except (OSError, ValueError):
         same = not os.path.isdir(workdir) or not os.listdir(workdir)
     if not same:

@@ -13,7 +13,7 @@ TINY = "conv(4, 3, padding=same) maxpool(2) flatten softmax"
 @pytest.fixture
 def base():
     return override(Config(), {"model.name": TINY, "train.epochs": 1, "data.batch_size": 64,
-                               "train.num_devices": 1})
+                               "train.num_devices": 1, "data.validation_fraction": 0.0})
 
 
 def test_grid_is_the_cartesian_product_first_axis_slowest():
@@ -124,3 +124,16 @@ def test_eval_train_adds_dropout_free_training_accuracy(base, tmp_path):
     # dropout-on running accuracy says.
     last = row["history"][-1]
     assert last["train_eval_accuracy"] > last["accuracy"]
+
+
+def test_a_config_field_added_later_keeps_finished_cells(base, tmp_path):
+    """Cells written before a new config field existed still count as finished."""
+    row = run_sweep(base, [{}], [0], str(tmp_path)).rows[0]
+    path = os.path.join(row["workdir"], CELL_FILE)
+    stored = json.load(open(path))
+    del stored["config"]["data"]["normalize"]  # as if written before the field existed
+    json.dump(stored, open(path, "w"))
+    assert run_sweep(base, [{}], [0], str(tmp_path)).rows[0]["resumed"] is True
+    # ... unless the cell ran with a value other than the new field's default.
+    changed = override(base, {"data.normalize": False})
+    assert run_sweep(changed, [{}], [0], str(tmp_path)).rows[0]["resumed"] is False

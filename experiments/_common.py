@@ -1,0 +1,195 @@
+"""What the experiment scripts share: arguments, the sweep call, tables and plots.
+
+Each script describes its study (the variants, the epochs, the seeds) and
+calls :func:`sweep`; the training itself is :func:`jaxcnn.experiment.run_sweep`.
+Results go to ``docs/experiments/<name>.json`` (config, seeds, versions, every
+cell and the per-variant mean and std), ``<name>.csv``, ``<name>.md`` (the
+table quoted in ``docs/experiments.md``) and ``<name>*.png``. The run
+directories of the cells go to ``runs/experiments/<name>/``, so an interrupted
+study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a checkout without installing
+
+from jaxcnn import env  # noqa: E402
+from jaxcnn.config import Config, override  # noqa: E402
+from jaxcnn.experiment import SweepResult, run_sweep  # noqa: E402
+
+OUT = os.path.join(ROOT, "docs", "experiments")
+RUNS = os.path.join(ROOT, "runs", "experiments")
+
+# The seed model's layers with each choice an ablation varies made a parameter.
+SEED_SPEC = ("conv({f1},{k},same) {pool1} dropout({d1}) conv({f2},{k},same) {pool2} "
+             "dropout({d1}) {head} dense(128,relu) dropout({d2}) softmax")
+
+
+def seed_spec(f1=32, f2=64, k=3, pool1="maxpool(2)", pool2="maxpool(2)", d1=0.25, d2=0.5,
+              head="flatten") -> str:
+    """The default model (``seed_cnn``) as spec text, with one part replaced."""
+    return SEED_SPEC.format(f1=f1, f2=f2, k=k, pool1=pool1, pool2=pool2, d1=d1, d2=d2, head=head)
+
+
+def parser(doc: str, *, epochs: int, seeds: int = 3) -> argparse.ArgumentParser:
+    """The arguments every study takes."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc)
+    p.add_argument("--dataset", default="digits",
+                   help="dataset name (default digits; any prepared dataset, e.g. mnist)")
+    p.add_argument("--data-dir", default=None, help="where prepared datasets live")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs per run (default {epochs})")
+    p.add_argument("--seeds", type=int, default=seeds, help=f"seeds per variant (default {seeds})")
+    p.add_argument("--out", default=OUT, help="where results and plots go (default docs/experiments)")
+    p.add_argument("--runs", default=RUNS, help="run directories (resumable; default runs/experiments)")
+    p.add_argument("--progress", action="store_true", help="show each run's progress bar")
+    return p
+
+
+def base_config(args, **updates) -> Config:
+    """The default config with the common arguments and ``updates`` applied."""
+    # Pinned rather than inherited from the defaults, so a study means the same thing
+    # whatever the library's defaults become.
+    cfg = override(Config(), {"data.dataset": args.dataset, "data.data_dir": args.data_dir,
+                              "train.epochs": args.epochs, "train.num_devices": 1,
+                              "data.validation_fraction": 0.0, "data.batch_size": 32,
+                              "optimizer.name": "adam", "optimizer.learning_rate": 1e-3,
+                              "optimizer.schedule": "constant", "model.name": "seed_cnn"})
+    if "checkpoint" in cfg.to_dict():
+        # A study's runs are short and resumable per cell; checkpoints would only cost time.
+        cfg = override(cfg, {"checkpoint.enabled": False})
+    return override(cfg, {k.replace("__", "."): v for k, v in updates.items()})
+
+
+def sweep(name: str, args, base: Config, variants: dict[str, dict], *,
+          description: str, eval_train: bool = False, seeds: int | None = None,
+          runs_name: str | None = None, dataset=None) -> tuple[SweepResult, list[dict]]:
+    """Runs (or resumes) one study and writes its JSON and CSV.
+
+    Args:
+      name: the study's name (file names).
+      args: the parsed arguments.
+      base: the config every variant starts from.
+      variants: label -> dotted-key overrides.
+      description: one line for the JSON.
+      eval_train: evaluate the training split without dropout each epoch.
+      seeds: run seeds 0..seeds-1 (default ``args.seeds``).
+      runs_name: the run directory's name under ``args.runs`` (default ``name``);
+        studies sharing one reuse each other's finished cells.
+      dataset: a loaded :class:`~jaxcnn.data.Dataset` to use instead of ``data.dataset``.
+
+    Returns:
+      The result and its aggregate rows, each with its ``label``.
+    """
+    log = logging.getLogger("jaxcnn")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    labels = list(variants)
+    points = [variants[label] for label in labels]
+    seeds = args.seeds if seeds is None else seeds
+    result = run_sweep(base, points, list(range(seeds)), os.path.join(args.runs, runs_name or name),
+                       progress=args.progress, eval_train=eval_train, dataset=dataset)
+    agg = result.aggregate()
+    for label, row in zip(labels, agg):
+        row["label"] = label
+    for row in result.rows:
+        row["label"] = labels[points.index(row["point"])]
+    os.makedirs(args.out, exist_ok=True)
+    result.write_json(os.path.join(args.out, f"{name}.json"), name=name, description=description,
+                      labels=labels, command=" ".join([os.path.relpath(sys.argv[0], ROOT)]
+                                                      + sys.argv[1:]),
+                      cell_seconds=sum(r.get("total_seconds", 0.0) for r in result.rows))
+    result.write_csv(os.path.join(args.out, f"{name}.csv"))
+    return result, agg
+
+
+def fmt_pct(row, metric="test_accuracy") -> str:
+    """``98.9 ± 0.3`` (percent, mean ± std over seeds); ``diverged`` when every seed did."""
+    if f"{metric}_mean" not in row:
+        return "diverged"
+    return f"{100 * row[f'{metric}_mean']:.1f} ± {100 * row[f'{metric}_std']:.1f}"
+
+
+def fmt_num(x, digits=3) -> str:
+    """A number with thousands separators, or a short float."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if isinstance(x, (int, np.integer)) or float(x).is_integer() and abs(x) >= 100:
+        return f"{int(x):,}"
+    return f"{x:.{digits}g}"
+
+
+def write_table(name: str, args, header: list[str], rows: list[list[str]],
+                note: str = "") -> str:
+    """Writes ``<name>.md`` (a Markdown table) and prints it."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    if note:
+        text += "\n" + note + "\n"
+    path = os.path.join(args.out, f"{name}.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    return path
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing off-screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, args, filename: str) -> str:
+    """Saves a figure into the output directory and closes it."""
+    path = os.path.join(args.out, filename)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    print("wrote", os.path.relpath(path, ROOT))
+    return path
+
+
+def mean_curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and std over seeds of one per-epoch metric (NaN where a seed stopped)."""
+    longest = max(len(r["history"]) for r in rows)
+    values = np.full((len(rows), longest), np.nan)
+    for i, r in enumerate(rows):
+        for j, rec in enumerate(r["history"]):
+            if rec.get(key) is not None:
+                values[i, j] = rec[key]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.arange(1, longest + 1), np.nanmean(values, 0), np.nanstd(values, 0)
+
+
+def rows_of(result: SweepResult, label: str) -> list[dict]:
+    """The cells of one variant."""
+    return [r for r in result.rows if r["label"] == label]
+
+
+def environment_line() -> str:
+    """``jax 0.x, flax 0.x, optax 0.x on cpu (N cores)``, for the tables."""
+    v, d = env.versions(), env.device_info()
+    return (f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {d['backend']} "
+            f"({d['device_kind']}, {d['cpu_count']} cores)")
