@@ -16,9 +16,12 @@ with ``block_until_ready`` before reading the clock. The report gives the
 median seconds per step of each path and the per-round ratios device/bare and
 stream/device (median, min and max).
 
-Command (about 2-4 minutes on 2 CPU cores)::
+Short epochs and many interleaved rounds keep slow drifts in the machine's
+load out of the per-round ratios.
 
-    python experiments/bench_pipeline.py --examples 4096 --rounds 7
+Command (about 3 minutes on 2 CPU cores)::
+
+    python experiments/bench_pipeline.py --examples 2048 --rounds 15
 
 Writes ``docs/experiments/bench_pipeline.json`` (results with the versions,
 device and commit that produced them) unless ``--out`` says otherwise.
@@ -48,7 +51,7 @@ def _state(model, ds, keys, total_steps):
     return create_train_state(model, ds.image_shape, tx, keys.init)
 
 
-def run(examples: int = 4096, batch_size: int = 128, rounds: int = 7, model_name: str =
+def run(examples: int = 2048, batch_size: int = 128, rounds: int = 15, model_name: str =
         "keras_convnet", impl: str = "auto") -> dict:
     """Runs the comparison and returns the results (see the module docstring)."""
     ds = load_synthetic(f"synthetic:28x28x1:10:{examples}")
@@ -70,36 +73,42 @@ def run(examples: int = 4096, batch_size: int = 128, rounds: int = 7, model_name
     def time_bare():
         state = jax.device_put(_state(model, ds, keys, spe), device)
         jax.block_until_ready(state)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for batch in bare_batches:
             state, metrics = bare_step(state, batch, dropout_key)
         jax.block_until_ready((state, metrics))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def time_fit(pipeline):
         state = jax.device_put(_state(model, ds, keys, spe), device)
         jax.block_until_ready(state)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fit(state, ds, keys=keys, epochs=1, batch_size=batch_size, preprocess=pre,
                      progress=False, pipeline=pipeline)
         jax.block_until_ready(result.state)
         assert result.pipeline == pipeline
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
+    load_start = os.getloadavg()[0]
     paths = {"bare": time_bare, "device": lambda: time_fit("device"),
              "stream": lambda: time_fit("stream")}
     t0 = time.perf_counter()
     for fn in paths.values():  # warm-up: compile every path
         fn()
     warmup_s = time.perf_counter() - t0
-    per_round = []
+    per_round, cpu_round = [], []
     for r in range(rounds):
         # Rotate the order so no path always runs first (or after the same one).
         order = list(paths)[r % 3:] + list(paths)[:r % 3]
-        times = {name: paths[name]() / spe for name in order}
+        measured = {name: paths[name]() for name in order}
+        times = {k: v[0] / spe for k, v in measured.items()}
         per_round.append(times)
+        # CPU seconds of the whole process (all threads, the prefetch thread included):
+        # less sensitive than wall time to other programs competing for the cores.
+        cpu_round.append({k: v[1] / spe for k, v in measured.items()})
         print(f"round {r + 1}/{rounds}: " + "  ".join(
-            f"{k} {v * 1e3:.1f} ms/step" for k, v in times.items()), file=sys.stderr)
+            f"{k} {v * 1e3:.1f} ms/step ({cpu_round[-1][k] * 1e3:.0f} cpu-ms)"
+            for k, v in times.items()), file=sys.stderr)
 
     def summary(values):
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -107,6 +116,10 @@ def run(examples: int = 4096, batch_size: int = 128, rounds: int = 7, model_name
     ratios = {
         "device_over_bare": summary([t["device"] / t["bare"] for t in per_round]),
         "stream_over_device": summary([t["stream"] / t["device"] for t in per_round]),
+    }
+    cpu_ratios = {
+        "device_over_bare": summary([t["device"] / t["bare"] for t in cpu_round]),
+        "stream_over_device": summary([t["stream"] / t["device"] for t in cpu_round]),
     }
     return {
         "benchmark": "input pipeline",
@@ -117,17 +130,22 @@ def run(examples: int = 4096, batch_size: int = 128, rounds: int = 7, model_name
         "images_per_s": {k: batch_size / statistics.median([t[k] for t in per_round])
                          for k in paths},
         "ratios": ratios,
+        "cpu_seconds_per_step": {k: summary([t[k] for t in cpu_round]) for k in paths},
+        "cpu_time_ratios": cpu_ratios,
         "targets": {"device_over_bare": "< 1.05", "stream_over_device": "< 1.10"},
         "per_round": per_round,
+        "cpu_per_round": cpu_round,
+        # Other work on the machine inflates the spread; the load says how much there was.
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "versions": env.versions(), "device": env.device_info(), "git_commit": env.git_commit(),
     }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--examples", type=int, default=4096, help="synthetic training examples")
+    p.add_argument("--examples", type=int, default=2048, help="synthetic training examples")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=7, help="timed rounds (one epoch per path)")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (one epoch per path)")
     p.add_argument("--model", default="keras_convnet")
     p.add_argument("--impl", default="auto", help="conv/pool implementation: auto, xla, fast")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(
@@ -138,12 +156,13 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2, default=str)
         f.write("\n")
-    r = res["ratios"]
-    print(f"device/bare {r['device_over_bare']['median']:.3f} "
-          f"(min {r['device_over_bare']['min']:.3f}, max {r['device_over_bare']['max']:.3f}); "
-          f"stream/device {r['stream_over_device']['median']:.3f} "
-          f"(min {r['stream_over_device']['min']:.3f}, max {r['stream_over_device']['max']:.3f}); "
-          f"wrote {args.out}")
+    for label, r in (("wall", res["ratios"]), ("cpu", res["cpu_time_ratios"])):
+        print(f"{label}: device/bare {r['device_over_bare']['median']:.3f} "
+              f"(min {r['device_over_bare']['min']:.3f}, max {r['device_over_bare']['max']:.3f}); "
+              f"stream/device {r['stream_over_device']['median']:.3f} "
+              f"(min {r['stream_over_device']['min']:.3f}, "
+              f"max {r['stream_over_device']['max']:.3f})")
+    print(f"wrote {args.out}")
     return 0
 
 

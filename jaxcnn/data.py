@@ -415,6 +415,12 @@ def _tfds_loader(name: str) -> "Loader":
     return load
 
 
+def _has_tfds() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow_datasets") is not None
+
+
 def _lazy(module: str, fn: str) -> "Loader":
     def load(*args, **kwargs):
         import importlib
@@ -484,7 +490,7 @@ def load_dataset(
     if ":" in name and prefix in PREFIXES:
         return PREFIXES[prefix](name, **kwargs)
     known = sorted(DATASETS) + [f"{p}:..." for p in sorted(PREFIXES)]
-    if _TFDS_NAME.fullmatch(name):
+    if _TFDS_NAME.fullmatch(name) and _has_tfds():
         try:
             return _tfds_loader(name)(**kwargs)
         except DataError as e:

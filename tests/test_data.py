@@ -217,13 +217,14 @@ def test_unknown_name():
         load_dataset("tfds:no_such_set_qq")
 
 
-@pytest.mark.skipif(sys.modules.get("tensorflow") is not None, reason="TensorFlow installed")
+def _has_tensorflow():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.mark.skipif(_has_tensorflow(), reason="needs an environment without TensorFlow")
 def test_prepare_that_needs_tensorflow_names_the_extra(tmp_path):
-    try:
-        import tensorflow  # noqa: F401
-        pytest.skip("TensorFlow is installed")
-    except ImportError:
-        pass
     with pytest.raises(DataError, match='needs TensorFlow.*tensorflow-datasets\\[tensorflow\\]'):
         prepare("jaxcnn_needs_tf", str(tmp_path))
 
