@@ -27,8 +27,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -85,9 +87,23 @@ def prepare_commands(name: str, data_dir: str) -> str:
             f"(or set TFDS_DATA_DIR={data_dir})")
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    # tfds warns about every missing dataset_info.json while it looks for prepared
+    # versions; jaxcnn's own error says what is missing and what to do.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 def _builder(tfds, name: str, data_dir: str):
     try:
-        return tfds.builder(name, data_dir=data_dir)
+        with _quiet_tfds():
+            return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(
             f"unknown dataset {name!r}: neither a jaxcnn dataset nor a tensorflow-datasets "
@@ -257,7 +273,8 @@ def load_tfds(
 
     def source(split):
         try:
-            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            with _quiet_tfds():
+                return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:  # noqa: BLE001 - tfds raises many types; all become DataError
             _raise_unreadable(builder, name, data_dir, split, known, e)
 
@@ -279,7 +296,8 @@ def load_tfds(
 
 def _raise_unreadable(builder, name, data_dir, split, known, err) -> None:
     try:
-        prepared = builder.is_prepared()
+        with _quiet_tfds():
+            prepared = builder.is_prepared()
     except Exception:  # noqa: BLE001
         prepared = False
     if not prepared:
@@ -321,7 +339,9 @@ def prepare(name: str, data_dir: str | None = None) -> dict[str, Any]:
     data_dir = default_data_dir(data_dir)
     builder = _builder(tfds, name, data_dir)
     detect_features(builder.info, name)
-    if not builder.is_prepared():
+    with _quiet_tfds():
+        prepared = builder.is_prepared()
+    if not prepared:
         _check_reachable(builder, name, data_dir)
     try:
         builder.download_and_prepare(file_format="array_record")

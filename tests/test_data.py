@@ -67,6 +67,12 @@ class JaxcnnNeedsTf(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": np.zeros((4, 4, 1), np.uint8), "label": i % 2}
 
 
+class JaxcnnUnreachable(JaxcnnNeedsTf):
+    """Downloads from a host that never resolves (.invalid is reserved, RFC 2606)."""
+
+    url_infos = {"https://jaxcnn-test.invalid/data.tar.gz": None}
+
+
 class JaxcnnTextOnly(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
@@ -258,3 +264,24 @@ def test_normalisation_stats_stored_and_reused(tmp_path):
     assert stored == run.preprocess
     probs = predict(run.state, ds.test.images[:5], stored)
     np.testing.assert_array_equal(probs, predict(run.state, ds.test.images[:5], run.preprocess))
+
+
+def test_prepare_fails_fast_when_the_download_host_is_unreachable(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="download host is unreachable.*jaxcnn-test.invalid.*"
+                                        "jaxcnn data prepare jaxcnn_unreachable"):
+        prepare("jaxcnn_unreachable", str(tmp_path))
+    assert time.perf_counter() - t0 < 30
+
+
+def test_cli_data_flags_reach_the_config(tmp_path):
+    from jaxcnn.cli import build_parser, config_from_args
+
+    def cfg(*extra):
+        return config_from_args(build_parser().parse_args(["train", *extra])).data
+
+    assert cfg().augment is None and cfg().data_dir is None
+    assert cfg("--augment", "on").augment is True
+    assert cfg("--augment", "off").augment is False
+    assert cfg("--augment", "off", "--augment", "auto").augment is None
+    assert cfg("--data-dir", str(tmp_path)).data_dir == str(tmp_path)
