@@ -256,19 +256,20 @@ def _xla_max_pool(x, window, strides, padding):
 # ---------------------------------------------------------------------------
 # The CPU fast path.
 #
-# XLA's CPU backend runs a forward convolution close to the machine's matmul
-# speed, but reduce_window's max gradient (select-and-scatter) and the weight
-# gradient of convolutions with few input channels run many times slower than
-# the forward pass. The fast path keeps every forward computation and replaces
-# those two backward passes:
+# On XLA's CPU backend, reduce_window's max gradient (select-and-scatter) and
+# the convolutions of layers with few input channels (forward and weight
+# gradient) run many times slower than the arithmetic needs. The fast path
+# replaces them:
 #
 # * max pooling with non-overlapping windows: a reshape + max, whose gradient
 #   is one fused elementwise pass that routes each window's cotangent to its
 #   first maximum (the element select-and-scatter picks);
 # * convolutions with at most _FAST_MAX_CIN input channels (the image layer):
-#   the weight gradient is one matmul of the stacked kernel-offset shifts of
-#   the input (im2col, small because there are few channels) with the output
-#   gradient; the input gradient stays XLA's transposed convolution.
+#   the forward pass is a sum of KH*KW*C_in broadcast multiplies, which XLA
+#   fuses with the bias and activation; the weight gradient is one matmul of
+#   the stacked kernel-offset shifts of the input (im2col, small because there
+#   are few channels) with the output gradient; the input gradient stays
+#   XLA's transposed convolution.
 #
 # Wider convolutions stay on XLA's kernels: shifted-matmul and im2col weight
 # gradients measured slower there (docs/benchmarks.md, "The CPU fast path").
@@ -436,14 +437,34 @@ def _out_hw(x_shape, k_shape, strides, pads):
     return tuple((x_shape[1 + d] + sum(pads[d]) - k_shape[d]) // strides[d] + 1 for d in (0, 1))
 
 
+def _taps_conv(x, kernel, strides, pads):
+    """The convolution as a sum of ``KH*KW*C_in`` broadcast multiplies.
+
+    For few input channels XLA's CPU convolution is slow (the 1->32 channel
+    layer of keras_convnet ran at a few GFLOP/s); this form is elementwise, so
+    XLA fuses it with the bias and the activation into one pass that writes
+    the output once. Accumulates in float32, as the convolution does.
+    """
+    out_hw = _out_hw(x.shape, kernel.shape, strides, pads)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))).astype(acc)
+    views = _shifts(xp, kernel.shape[:2], out_hw, strides)
+    kernel32 = kernel.astype(acc)
+    kw = kernel.shape[1]
+    total = None
+    for k, v in enumerate(views):
+        for c in range(x.shape[3]):
+            term = v[..., c:c + 1] * kernel32[k // kw, k % kw, c]
+            total = term if total is None else total + term
+    return total.astype(x.dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _fast_conv(x, kernel, strides, pads):
-    return _xla_conv2d(x, kernel, strides=strides, padding=pads)
+    return _taps_conv(x, kernel, strides, pads)
 
 
 def _fast_conv_fwd(x, kernel, strides, pads):
-    # An im2col matmul forward measured slower than XLA's convolution (by
-    # 10-15% of the training step), so only the backward pass is replaced.
     return _fast_conv(x, kernel, strides, pads), (x, kernel)
 
 
@@ -488,6 +509,8 @@ def _unblock(g, geometry):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _fast_max(x, window, geometry):
+    # A max over strided slices (fusible with the producer) measured slower
+    # than this reduce in the training step.
     return _blocks(x, window, geometry, -jnp.inf).max(axis=(2, 4))
 
 
