@@ -384,6 +384,9 @@ class Checkpoints:
         # Fails at once on a vanished or read-only directory; Orbax would wait minutes
         # for a step directory that can never be created.
         _check_writable(self.directory)
+        # Orbax would wait for the previous background save inside save(); waiting here
+        # first attributes a failure to the step that actually failed.
+        self.wait()
         metrics = {k: float(v) for k, v in (metrics or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         try:
@@ -392,9 +395,8 @@ class Checkpoints:
                 args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                         meta=ocp.args.JsonSave(_jsonable(meta)))))
         except Exception as e:  # noqa: BLE001 - Orbax raises many types for I/O failures
-            # Orbax first waits for the previous background save: its failure lands here.
-            raise self._save_error(self._pending or step, e) from e
-        self._pending = int(step) if saved else self._pending
+            raise self._save_error(step, e) from e
+        self._pending = int(step) if saved else None
         return saved
 
     def wait(self) -> None:
