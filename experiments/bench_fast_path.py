@@ -201,6 +201,55 @@ def profile_model(model_name, batch):
     return rows
 
 
+def trace_step(model_name, impl, batch, steps=10):
+    """Per-HLO-op time of the compiled train step, from a jax.profiler trace.
+
+    Returns rows ``{"op", "ms_per_step", "share", "what"}`` (``what``: the
+    JAX operations the fused HLO op came from), largest first.
+    """
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    v = make_step(model_name, impl, {}, batch)
+    run_steps(v, 3)
+    logdir = tempfile.mkdtemp(prefix="jaxcnn_trace_")
+    jax.profiler.start_trace(logdir)
+    run_steps(v, steps)
+    jax.profiler.stop_trace()
+    data = jax.profiler.ProfileData.from_file(
+        glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[-1])
+    per_op = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if line.name.startswith("python"):
+                continue
+            for event in line.events:
+                if "ThunkExecutor" not in event.name:
+                    per_op[event.name] += event.duration_ns
+    hlo = v["fn"].as_text()
+    total = sum(per_op.values())
+    rows = []
+    for name, ns in per_op.most_common(15):
+        m = re.search(r"\n\s*(?:ROOT )?%" + re.escape(name) + r" = ([^\n]*)", hlo)
+        what = ""
+        if m:
+            shape = m.group(1).split(" ")[0]
+            called = re.search(r"calls=%([\w.\-]+)", m.group(1))
+            body = m.group(1)
+            if called:
+                c = re.search(r"\n%" + re.escape(called.group(1)) + r" [^\n]*\{\n(.*?)\n\}",
+                              hlo, re.S)
+                body = c.group(1) if c else body
+            sources = sorted({"/".join(n.split("/")[-2:])
+                              for n in re.findall(r'op_name="([^"]*)"', body)})
+            what = f"{shape} " + ", ".join(sources[:4])
+        rows.append({"op": name, "ms_per_step": ns / 1e6 / steps, "share": ns / total,
+                     "what": what})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["keras_convnet", "seed_cnn", "flax_cnn"])
@@ -208,7 +257,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each conv/pool layer alone, per path")
+    p.add_argument("--trace", action="store_true",
+                   help="also profile the fast step with jax.profiler: time per HLO op")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
                                                  "experiments", "fast_path_bench.json"))
     args = p.parse_args(argv)
@@ -236,6 +288,12 @@ def main(argv=None):
                       f"fast fwd {row['fast_fwd_ms']:6.2f} "
                       f"fwd+bwd {row['fast_fwd_bwd_ms']:6.2f} ms",
                       flush=True)
+        if args.trace:
+            rows = trace_step(model_name, "fast", args.batch)
+            result["models"][model_name]["trace_fast"] = rows
+            for row in rows:
+                print(f"  {row['ms_per_step']:7.2f} ms/step {100 * row['share']:4.1f}%  "
+                      f"{row['op']:28s} {row['what'][:90]}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)
