@@ -191,13 +191,7 @@ def _read_split(source, features: Features, name: str, split: str) -> tuple[np.n
     dtype_checked = False
     for start in range(0, n, _CHUNK):
         keys = list(range(start, min(start + _CHUNK, n)))
-        try:
-            records = source.__getitems__(keys)
-        except TypeError:
-            # Some data sources (tfds's own test mocks among them) implement only
-            # per-record access.
-            records = [source[k] for k in keys]
-        for i, rec in zip(keys, records):
+        for i, rec in zip(keys, _records(source, keys)):
             img = np.asarray(rec[features.image])
             if not dtype_checked:
                 if img.dtype != np.uint8:
@@ -227,8 +221,9 @@ def load_tfds(
     seed: int = 0,
     data_dir: str | None = None,
     splits: dict[str, str | None] | None = None,
+    in_memory: bool | None = None,
 ):
-    """Loads a prepared tfds image-classification dataset into host memory.
+    """Loads a prepared tfds image-classification dataset.
 
     Args:
       name: the tfds name (``mnist``, ``cifar10``, ``emnist/digits``,
@@ -240,10 +235,16 @@ def load_tfds(
       data_dir: where the prepared data is (see :func:`default_data_dir`).
       splits: ``{"train": ..., "validation": ..., "test": ...}`` in tfds split
         syntax (missing or None: ``train``, automatic, ``test``).
+      in_memory: decode every image into host memory now (True), or keep
+        the images in the data source and decode them when a batch needs them
+        (False: :class:`SourceImages`; labels are still read at once). None:
+        in memory when the decoded train split takes at most a quarter of the
+        host's RAM.
 
     Returns:
-      A :class:`jaxcnn.data.Dataset` with uint8 images, int32 labels and the
-      class names from the dataset's metadata.
+      A :class:`jaxcnn.data.Dataset` with uint8 images (a NumPy array or
+      :class:`SourceImages`), int32 labels and the class names from the
+      dataset's metadata.
 
     Raises:
       DataError: not prepared here (the message gives the commands that
@@ -278,9 +279,16 @@ def load_tfds(
         except Exception as e:  # noqa: BLE001 - tfds raises many types; all become DataError
             _raise_unreadable(builder, name, data_dir, split, known, e)
 
-    x_train, y_train = _read_split(source(train_split), features, name, train_split)
-    x_test, y_test = _read_split(source(test_split), features, name, test_split)
     num_classes = len(features.class_names)
+    train_source = source(train_split)
+    if in_memory is None:
+        per_image = int(np.prod(features.image_shape))
+        in_memory = len(train_source) * per_image <= _host_memory_bytes() // 4
+    if not in_memory:
+        return _load_lazy(tfds, name, data_dir, features, source, train_source,
+                          (train_split, val_split, test_split), validation_fraction, seed)
+    x_train, y_train = _read_split(train_source, features, name, train_split)
+    x_test, y_test = _read_split(source(test_split), features, name, test_split)
     ds = from_arrays(x_train, y_train, x_test, y_test, num_classes=num_classes,
                      class_names=features.class_names,
                      validation_fraction=0.0 if val_split else validation_fraction,
@@ -292,6 +300,124 @@ def load_tfds(
         ds = dataclasses.replace(
             ds, validation=Split(x_val, as_labels(y_val, len(x_val), num_classes, val_split)))
     return ds
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        return 8 * 1024**3
+
+
+def _records(source, keys):
+    getitems = getattr(source, "__getitems__", None)
+    if getitems is not None:
+        try:
+            return getitems([int(k) for k in keys])
+        except TypeError:
+            # Some data sources (tfds's own test mocks among them) implement only
+            # per-record access.
+            pass
+    return [source[int(k)] for k in keys]
+
+
+class SourceImages:
+    """The images of a tfds data source, decoded when indexed (a lazy array).
+
+    Behaves like the ``(N, H, W, C)`` uint8 array jaxcnn expects where it
+    matters: ``len``, ``shape``, ``dtype``, ``nbytes`` (decoded size),
+    indexing with an int, a slice or an integer array (each returns decoded
+    NumPy images), and ``np.asarray`` (decodes all of them). Training on it
+    streams: the prefetch thread decodes each batch ahead of the step.
+
+    Args:
+      source: a ``tfds.data_source`` split.
+      key: the image feature's key.
+      image_shape: ``(H, W, C)``.
+      index: the source records this array holds, in order (default all).
+
+    Example:
+      >>> imgs = SourceImages([{"image": np.full((2, 2, 1), i, np.uint8)} for i in range(5)],
+      ...                     "image", (2, 2, 1))
+      >>> imgs.shape, imgs[[4, 0]][:, 0, 0, 0].tolist(), int(imgs.subset([1, 3])[1][0, 0, 0])
+      ((5, 2, 2, 1), [4, 0], 3)
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, source, key: str, image_shape, index=None):
+        self._source, self._key = source, key
+        self._image_shape = tuple(int(d) for d in image_shape)
+        self._index = np.arange(len(source)) if index is None else np.asarray(index, np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(N, H, W, C)``."""
+        return (len(self._index), *self._image_shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded images."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def subset(self, indices) -> "SourceImages":
+        """A lazy view of some of these images (``indices`` into this array)."""
+        return SourceImages(self._source, self._key, self._image_shape,
+                            self._index[np.asarray(indices, np.int64)])
+
+    def __getitem__(self, item):
+        if isinstance(item, (int, np.integer)):
+            return self[np.asarray([item])][0]
+        keys = self._index[item] if isinstance(item, slice) else self._index[np.asarray(item)]
+        out = np.empty((len(keys), *self._image_shape), self.dtype)
+        for i, rec in enumerate(_records(self._source, keys)):
+            out[i] = np.asarray(rec[self._key]).reshape(self._image_shape)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+
+def _read_labels(tfds, name, data_dir, split, features) -> np.ndarray:
+    # Labels only: skip decoding the images, which is most of the reading time.
+    with _quiet_tfds():
+        src = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                               decoders={features.image: tfds.decode.SkipDecoding()})
+    labels = np.empty(len(src), np.int32)
+    for start in range(0, len(src), _CHUNK):
+        keys = range(start, min(start + _CHUNK, len(src)))
+        for i, rec in zip(keys, _records(src, keys)):
+            labels[i] = int(rec[features.label])
+    return labels
+
+
+def _load_lazy(tfds, name, data_dir, features, source, train_source, split_names,
+               validation_fraction, seed):
+    from jaxcnn.data import Dataset, Split, as_labels, stratified_split
+
+    train_split, val_split, test_split = split_names
+    num_classes = len(features.class_names)
+
+    def lazy_split(src, split):
+        labels = as_labels(_read_labels(tfds, name, data_dir, split, features), len(src),
+                           num_classes, split)
+        return Split(SourceImages(src, features.image, features.image_shape), labels)
+
+    train = lazy_split(train_source, train_split)
+    test = lazy_split(source(test_split), test_split)
+    validation = None
+    if val_split:
+        validation = lazy_split(source(val_split), val_split)
+    elif validation_fraction > 0:
+        keep, held = stratified_split(train.labels, validation_fraction, seed + 1)
+        validation = Split(train.images.subset(held), train.labels[held])
+        train = Split(train.images.subset(keep), train.labels[keep])
+    return Dataset(name, train, test, validation, num_classes, features.class_names)
 
 
 def _raise_unreadable(builder, name, data_dir, split, known, err) -> None:

@@ -677,7 +677,8 @@ def fit(
                            else device_memory_budget() if pipeline == "auto" else 0)
     if mode == "device":
         step_fn = make_fit_step(batch_size, steps_per_epoch, preprocess, mesh, augment)
-        images = jax.device_put(dataset.train.images, place)
+        # np.asarray: images that a data source decodes on demand are read here, once.
+        images = jax.device_put(np.asarray(dataset.train.images), place)
         labels = jax.device_put(dataset.train.labels, place)
     else:
         step_fn = make_stream_step(preprocess, mesh, augment)

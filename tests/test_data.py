@@ -49,6 +49,12 @@ class JaxcnnTinyShapes(tfds.core.GeneratorBasedBuilder):
             yield i, {"picture": Image.fromarray(images[i]), "kind": i % 3, "id": f"{split}{i}"}
 
 
+class JaxcnnTinyNoVal(JaxcnnTinyShapes):
+    """The same data without a validation split of its own."""
+
+    SIZES = {"train": 40, "test": 10}
+
+
 class JaxcnnNeedsTf(tfds.core.GeneratorBasedBuilder):
     """Yields NumPy images, which tfds encodes with TensorFlow."""
 
@@ -285,3 +291,45 @@ def test_cli_data_flags_reach_the_config(tmp_path):
     assert cfg("--augment", "off").augment is False
     assert cfg("--augment", "off", "--augment", "auto").augment is None
     assert cfg("--data-dir", str(tmp_path)).data_dir == str(tmp_path)
+
+
+def test_images_decoded_on_demand_train_like_images_in_memory(prepared_dir, tmp_path):
+    import jax
+    import optax
+
+    from jaxcnn.models import build_model
+    from jaxcnn.tfds_data import SourceImages
+    from jaxcnn.train import create_train_state, evaluate, fit, split_keys
+
+    eager = load_tfds("jaxcnn_tiny_shapes", data_dir=prepared_dir, in_memory=True,
+                      splits={"validation": "validation"})
+    lazy = load_tfds("jaxcnn_tiny_shapes", data_dir=prepared_dir, in_memory=False,
+                     splits={"validation": "validation"})
+    assert isinstance(lazy.train.images, SourceImages)
+    assert lazy.metadata() == eager.metadata()
+    np.testing.assert_array_equal(np.asarray(lazy.test.images), eager.test.images)
+    np.testing.assert_array_equal(lazy.train.labels, eager.train.labels)
+    pre = Preprocess.fit(lazy.train.images)
+    assert pre == Preprocess.fit(eager.train.images)
+    keys = split_keys(0)
+
+    def train(ds, pipeline):
+        state = create_train_state(build_model("conv(4,3) flatten softmax", 3), (8, 8, 1),
+                                   optax.adam(1e-2), keys.init)
+        return fit(state, ds, keys=keys, epochs=2, batch_size=8, preprocess=pre,
+                   progress=False, pipeline=pipeline)
+
+    a, b, c = train(eager, "device"), train(lazy, "stream"), train(lazy, "device")
+    for other in (b, c):
+        assert all(bool((x == y).all()) for x, y in
+                   zip(jax.tree.leaves(a.state.params), jax.tree.leaves(other.state.params)))
+    assert evaluate(b.state, lazy.test, pre, batch_size=4) == evaluate(a.state, eager.test, pre,
+                                                                        batch_size=4)
+    prepare("jaxcnn_tiny_no_val", str(tmp_path))
+    carved = [load_tfds("jaxcnn_tiny_no_val", data_dir=str(tmp_path), in_memory=m,
+                        validation_fraction=0.25) for m in (True, False)]
+    assert carved[0].metadata()["splits"] == {"train": 30, "validation": 10, "test": 10}
+    assert carved[1].metadata() == carved[0].metadata()
+    assert isinstance(carved[1].validation.images, SourceImages)
+    np.testing.assert_array_equal(np.asarray(carved[1].validation.images),
+                                  carved[0].validation.images)
