@@ -335,10 +335,11 @@ class Checkpoints:
 
         Example:
           >>> import tempfile
-          >>> try:
-          ...     Checkpoints(tempfile.mkdtemp()).resolve("latest")
-          ... except CheckpointError as e:
-          ...     print(str(e).split(":")[0])
+          >>> with Checkpoints(tempfile.mkdtemp()) as c:
+          ...     try:
+          ...         c.resolve("latest")
+          ...     except CheckpointError as e:
+          ...         print(str(e).split(":")[0])
           no checkpoints in ...
         """
         steps = self.steps()
@@ -541,7 +542,8 @@ def from_config(directory: str, cfg: CheckpointConfig, read_only: bool = False) 
     Example:
       >>> import tempfile
       >>> from jaxcnn.config import CheckpointConfig
-      >>> from_config(tempfile.mkdtemp(), CheckpointConfig(keep=2)).steps()
+      >>> with from_config(tempfile.mkdtemp(), CheckpointConfig(keep=2)) as c:
+      ...     c.steps()
       []
     """
     return Checkpoints(directory, keep=cfg.keep, keep_best=cfg.keep_best,
@@ -667,7 +669,10 @@ class CheckpointCallback(Callback):
 
     Example:
       >>> import tempfile
-      >>> cb = CheckpointCallback(Checkpoints(tempfile.mkdtemp()), {}, steps_per_epoch=10)
+      >>> with Checkpoints(tempfile.mkdtemp()) as c:
+      ...     cb = CheckpointCallback(c, {"config": {}}, steps_per_epoch=10, every_epochs=1)
+      ...     cb.last_saved is None
+      True
     """
 
     def __init__(self, checkpoints: Checkpoints, meta: Mapping, *, steps_per_epoch: int,
@@ -680,6 +685,7 @@ class CheckpointCallback(Callback):
         self.guard = guard
         self.preempted_step: int | None = None
         self.last_saved = checkpoints.latest_step()
+        self._skipped_bad = False
 
     def save(self, state: TrainState, step: int, record: Mapping | None = None) -> bool:
         """Saves ``state`` as ``step`` unless it is already saved or not finite."""
@@ -694,7 +700,9 @@ class CheckpointCallback(Callback):
                     f"last good checkpoint (step {self.last_saved}) in "
                     f"{self.checkpoints.directory} was kept. Lower the learning rate or clip "
                     "gradients (--set optimizer.grad_clip_norm=1.0)", step=step)
-            log.warning("not saving step %d: its loss was not finite", step)
+            if not self._skipped_bad:
+                log.warning("not saving step %d or later: the loss was not finite", step)
+            self._skipped_bad = True
             return False
         meta = {**self.meta, "step": step, "epoch": step / self.steps_per_epoch,
                 "metrics": dict(record or {}), "history": self.history,
@@ -818,7 +826,8 @@ def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding
       >>> import tempfile
       >>> from jaxcnn.run import prepare
       >>> run = prepare(Config())
-      >>> resume(Checkpoints(tempfile.mkdtemp()), run.config, run.state) is None
+      >>> with Checkpoints(tempfile.mkdtemp()) as c:
+      ...     resume(c, run.config, run.state) is None
       True
     """
     step = checkpoints.latest_step()

@@ -39,6 +39,11 @@ class StopAt(Callback):
         return step >= self.step
 
 
+def _latest(directory):
+    with ckpt.Checkpoints(directory, read_only=True) as c:
+        return c.latest_step()
+
+
 def _arrays(workdir, which="latest"):
     r = ckpt.load(workdir, which, sharding="numpy")
     return r.step, jax.tree.leaves(ckpt.state_arrays(r.state))
@@ -76,7 +81,7 @@ def test_stopped_and_resumed_run_is_bit_identical(stop, reference, tmp_path):
     workdir = str(tmp_path / "run")
     first = train_and_evaluate(_config(), workdir, progress=False, callbacks=[StopAt(stop)])
     assert first["stopped_early"]
-    assert ckpt.Checkpoints(ckpt.checkpoint_dir(workdir), read_only=True).latest_step() == stop
+    assert _latest(ckpt.checkpoint_dir(workdir)) == stop
     out = train_and_evaluate(_config(), workdir, progress=False)
     step, leaves = _arrays(workdir)
     ref_step, ref_leaves = _arrays(ref_dir)
@@ -158,7 +163,7 @@ def test_sigterm_saves_exits_75_and_restart_resumes(reference, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err
     assert "preempted" in err and "SIGTERM" in err
-    saved = ckpt.Checkpoints(ckpt.checkpoint_dir(str(workdir)), read_only=True).latest_step()
+    saved = _latest(ckpt.checkpoint_dir(str(workdir)))
     assert saved >= STEPS_PER_EPOCH
     # Restart with a horizon just past the save (the schedule is constant, so the
     # number of epochs does not change the updates).
@@ -204,7 +209,7 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):
     cdir = ckpt.checkpoint_dir(workdir)
     leftovers = ckpt.leftover_temporary_dirs(cdir)
     assert [os.path.basename(d).split(".")[0] for d in leftovers] == ["30"]
-    assert ckpt.Checkpoints(cdir, read_only=True).latest_step() == 22
+    assert _latest(cdir) == 22
     cfg = override(Config(), {"model.name": "conv(64,3) flatten dense(512) softmax",
                               "data.batch_size": 64, "data.validation_fraction": 0.0,
                               "train.epochs": 2, "train.num_devices": 1,
@@ -264,6 +269,20 @@ def test_resume_with_another_model_refuses_and_force_new_starts_over(reference, 
     assert _arrays(workdir)[0] == 2 * STEPS_PER_EPOCH
 
 
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
+    from jaxcnn.errors import NonFiniteLossError
+
+    workdir = str(tmp_path / "nan")
+    cfg = _config(**{"optimizer.name": "sgd", "optimizer.learning_rate": 1e9,
+                     "checkpoint.every_steps": 1, "checkpoint.keep": 100})
+    with pytest.raises(NonFiniteLossError) as e:
+        train_and_evaluate(cfg, workdir, progress=False)
+    with ckpt.Checkpoints(ckpt.checkpoint_dir(workdir), read_only=True) as c:
+        assert c.steps() == list(range(1, e.value.step))
+    r = ckpt.load(workdir, "latest", sharding="numpy")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(ckpt.state_arrays(r.state)))
+
+
 def test_unwritable_workdir_raises_at_once(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -299,7 +318,8 @@ def test_failed_background_save_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "CheckpointError: saving step 2 to" in p.stdout
     assert "the last complete checkpoint is step 1" in p.stdout
-    assert ckpt.Checkpoints(d).steps() == [1]  # and the partial step 2 is cleaned up
+    with ckpt.Checkpoints(d) as c:  # opening it for writing cleans up the partial step 2
+        assert c.steps() == [1]
     assert ckpt.leftover_temporary_dirs(d) == []
 
 
@@ -313,7 +333,8 @@ def test_vanished_checkpoint_directory_raises_on_save(tmp_path):
             shutil.move(d, d + ".moved")
             open(d, "w").close()
             c.save(2, {"w": jnp.ones(3)}, meta={})
-    assert ckpt.Checkpoints(d + ".moved", read_only=True).steps() == [1]
+    with ckpt.Checkpoints(d + ".moved", read_only=True) as c:
+        assert c.steps() == [1]
 
 
 def test_checkpoint_config_validation_and_round_trip():
