@@ -78,8 +78,8 @@ _TMP_MARKER = ".orbax-checkpoint-tmp"
 # of the saved arrays, the data order or the key stream, so changing one would
 # either fail to restore or silently train a different run.
 RESUME_FIELDS = (
-    "model.name", "model.dtype", "data.dataset", "data.batch_size",
-    "data.validation_fraction", "data.normalize", "optimizer.name",
+    "model.name", "model.dtype", "data.dataset", "data.train_split", "data.validation_split",
+    "data.batch_size", "data.validation_fraction", "data.normalize", "optimizer.name",
     "optimizer.grad_clip_norm", "train.seed",
 )
 
@@ -804,7 +804,8 @@ class Resumed:
     history: list
 
 
-def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding=None) -> Resumed | None:
+def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding=None, *,
+           dataset: Mapping | None = None, steps_per_epoch: int | None = None) -> Resumed | None:
     """Restores the latest checkpoint into ``state``'s structure, or None if there is none.
 
     Args:
@@ -813,6 +814,10 @@ def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding
         equal the checkpoint's.
       state: a freshly built state (its ``apply_fn``, ``tx`` and structure).
       sharding: where to place the arrays (see :func:`abstract_arrays`).
+      dataset: the new run's ``Dataset.metadata()``; its image shape, classes
+        and training-split size must match the checkpoint's.
+      steps_per_epoch: the new run's; must match (the data position is
+        derived from the step).
 
     Returns:
       A :class:`Resumed`, or None when there are no checkpoints.
@@ -843,6 +848,18 @@ def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding
         raise ResumeMismatchError(f"the config saved with step {step} ({where}) does not load "
                                   f"({e}). {fix}", differences={}) from None
     diffs = config_differences(saved, config)
+    # The data itself may differ under the same name (another version, other files).
+    old_data = meta.get("dataset") or {}
+    for key, new in (dataset or {}).items():
+        if key in ("image_shape", "num_classes") and old_data.get(key) not in (None, new):
+            diffs[f"dataset.{key}"] = (old_data.get(key), new)
+    old_train = (old_data.get("splits") or {}).get("train")
+    new_train = ((dataset or {}).get("splits") or {}).get("train")
+    if None not in (old_train, new_train) and old_train != new_train:
+        diffs["dataset.splits.train"] = (old_train, new_train)
+    old_spe = meta.get("steps_per_epoch")
+    if None not in (old_spe, steps_per_epoch) and old_spe != steps_per_epoch:
+        diffs["steps_per_epoch"] = (old_spe, steps_per_epoch)
     if diffs:
         lines = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diffs.items())
         raise ResumeMismatchError(f"cannot resume from step {step} in {where}: the config "

@@ -32,7 +32,8 @@ def read_inputs(paths: Sequence[str], image_shape: Sequence[int],
     uint8 when the training images were uint8, and scaled to [0, 1] floats
     otherwise, so the stored preprocessing applies unchanged. ``.npy`` files
     hold one image ``(H, W)``/``(H, W, C)`` or a batch ``(N, H, W[, C])``
-    already in the training data's range; their shape must match.
+    whose shape must match; uint8 arrays are taken as [0, 255] and float
+    arrays as [0, 1] (or [0, 255] when their maximum is above 1).
 
     Args:
       paths: files to read.
@@ -77,7 +78,7 @@ def read_inputs(paths: Sequence[str], image_shape: Sequence[int],
             if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
                 raise DataError(f"{path!r} holds an array of shape {x.shape}; the model takes "
                                 f"images shaped ({h}, {w}, {c}) or batches (N, {h}, {w}, {c})")
-            images.extend(x)
+            images.extend(_to_stored_range(x, stored_as_uint8))
             names.extend([base] if len(x) == 1 else [f"{base}[{i}]" for i in range(len(x))])
         else:
             raise DataError(f"cannot read {path!r}: use a .png, .jpg, .jpeg or .npy file")
@@ -85,6 +86,17 @@ def read_inputs(paths: Sequence[str], image_shape: Sequence[int],
         raise DataError("no input files given; pass PNG/JPEG images or .npy arrays")
     dtype = np.uint8 if stored_as_uint8 else np.float32
     return np.stack([np.asarray(x).astype(dtype, copy=False) for x in images]), names
+
+
+def _to_stored_range(x: np.ndarray, as_uint8: bool) -> np.ndarray:
+    """uint8 arrays for a model trained on [0, 1] floats and the reverse, so the stored
+    preprocessing applies unchanged; other arrays are taken as they are."""
+    if not as_uint8 and x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if as_uint8 and np.issubdtype(x.dtype, np.floating):
+        scale = 255.0 if x.size and float(np.nanmax(x)) <= 1.0 else 1.0
+        return np.clip(np.round(x * scale), 0, 255).astype(np.uint8)
+    return x
 
 
 def _read_image(path: str, h: int, w: int, c: int, as_uint8: bool) -> np.ndarray:

@@ -199,7 +199,9 @@ def train_and_evaluate(
             ckpts = stack.enter_context(
                 ckpt.from_config(ckpt.checkpoint_dir(workdir), config.checkpoint))
             # Restored directly onto this run's mesh, whatever layout saved it.
-            resumed = ckpt.resume(ckpts, config, run.state, shd.replicated(run.mesh))
+            resumed = ckpt.resume(ckpts, config, run.state, shd.replicated(run.mesh),
+                                  dataset=run.dataset.metadata(),
+                                  steps_per_epoch=run.steps_per_epoch)
             if resumed is not None:
                 run = dataclasses.replace(
                     run, state=resumed.state,

@@ -267,6 +267,14 @@ def test_resume_with_another_model_refuses_and_force_new_starts_over(reference, 
     assert out["workdir"] == workdir + "-2" and out["steps"] == STEPS_PER_EPOCH
     # The original checkpoints are untouched.
     assert _arrays(workdir)[0] == 2 * STEPS_PER_EPOCH
+    # Other data under the same name is refused too (its size moves the data position).
+    from jaxcnn.data import from_arrays, load_dataset
+
+    digits = load_dataset("digits")
+    fewer = from_arrays(digits.train.images[:1000], digits.train.labels[:1000],
+                        digits.test.images, digits.test.labels, num_classes=10, name="digits")
+    with pytest.raises(ckpt.ResumeMismatchError, match="dataset.splits.train: 1437 .* 1000"):
+        train_and_evaluate(_config(), workdir, dataset=fewer, progress=False)
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
@@ -365,7 +373,7 @@ def test_eval_and_predict_commands(reference, tmp_path, capsys):
     from jaxcnn.data import load_dataset
 
     test = load_dataset("digits").test
-    np.save(tmp_path / "three.npy", test.images[:3])
+    np.save(tmp_path / "three.npy", (test.images[:3] * 255).round().astype(np.uint8))
     Image.fromarray((test.images[0, ..., 0] * 255).astype(np.uint8)).save(tmp_path / "one.png")
     files = [str(tmp_path / "three.npy"), str(tmp_path / "one.png")]
     assert main(["predict", "--workdir", workdir, *files, "--top-k", "2", "--json"]) == 0
