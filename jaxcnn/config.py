@@ -166,7 +166,7 @@ class DataConfig:
     dataset: str = "digits"
     batch_size: int = 32
     eval_batch_size: int = 500
-    validation_fraction: float = 0.0
+    validation_fraction: float = 0.1
     normalize: bool = True
     data_dir: str | None = None
     train_split: str = "train"

@@ -104,7 +104,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     Example:
       >>> run = prepare(Config())
       >>> run.steps_per_epoch, run.dataset.name
-      (44, 'digits')
+      (40, 'digits')
     """
     if dataset is None:
         dataset = load_dataset(config.data.dataset,
