@@ -61,7 +61,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
-from jaxcnn.config import BEST_METRICS, CheckpointConfig, Config
+from jaxcnn.config import CheckpointConfig, Config
 from jaxcnn.errors import JaxcnnError, NonFiniteLossError
 from jaxcnn.train import Callback, TrainState
 
@@ -308,7 +308,7 @@ class Checkpoints:
                                                   handler_registry=registry)
         if leftovers:
             # Orbax deletes them in the background; wait, so a crash right now cannot race it.
-            self._manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001
+            getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
             log.info("removed %d incomplete checkpoint(s) left by an interrupted save: %s",
                      len(leftovers), ", ".join(os.path.basename(p) for p in leftovers))
 
@@ -478,13 +478,26 @@ class Checkpoints:
         meta = self.read_meta(step)
         try:
             if target is None:
-                tree = self._manager.item_metadata(step)["state"]
-                target = abstract_arrays(tree.tree if hasattr(tree, "tree") else tree)
+                target = abstract_arrays(self.array_metadata(step))
             out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))
         except Exception as e:  # noqa: BLE001
             raise self._corrupt(step, e) from e
         return out["state"], meta
+
+    def array_metadata(self, step: int):
+        """The saved arrays' structure with shapes and dtypes (nothing is read but metadata).
+
+        Raises:
+          CheckpointError: the metadata is missing or unreadable.
+        """
+        try:
+            tree = self._manager.item_metadata(step)["state"]
+        except Exception as e:  # noqa: BLE001
+            raise self._corrupt(step, e) from e
+        if tree is None:
+            raise self._corrupt(step, FileNotFoundError("no array metadata"))
+        return tree.tree if hasattr(tree, "tree") else tree
 
     def _corrupt(self, step: int, error: BaseException) -> CheckpointError:
         earlier = [s for s in self.steps() if s < step]
@@ -865,11 +878,7 @@ def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding
         raise ResumeMismatchError(f"cannot resume from step {step} in {where}: the config "
                                   f"changes {lines}. {fix}", differences=diffs)
     target = abstract_arrays(state, sharding)
-    try:
-        stored = checkpoints._manager.item_metadata(step)["state"]  # noqa: SLF001
-        stored = stored.tree if hasattr(stored, "tree") else stored
-    except Exception as e:  # noqa: BLE001
-        raise checkpoints._corrupt(step, e) from e  # noqa: SLF001
+    stored = checkpoints.array_metadata(step)
     # Parameters are nested dicts both on disk and in the model, so their paths compare
     # directly; the optimiser state's structure follows from optimizer.name (checked above).
     shape_diffs = _tree_differences({"params": stored["params"]}, {"params": target["params"]})
