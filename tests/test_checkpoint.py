@@ -73,15 +73,18 @@ def _subprocess_env(devices=None):
 # Exact resume
 
 
-@pytest.mark.parametrize("stop", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 9],
-                         ids=["epoch_boundary", "mid_epoch"])
-def test_stopped_and_resumed_run_is_bit_identical(stop, reference, tmp_path):
+@pytest.mark.parametrize("stop,pipeline", [(STEPS_PER_EPOCH, "device"),
+                                           (STEPS_PER_EPOCH + 9, "device"),
+                                           (STEPS_PER_EPOCH + 9, "stream")],
+                         ids=["epoch_boundary", "mid_epoch", "mid_epoch_streaming"])
+def test_stopped_and_resumed_run_is_bit_identical(stop, pipeline, reference, tmp_path):
     ref_dir, ref_out = reference
     workdir = str(tmp_path / "run")
-    first = train_and_evaluate(_config(), workdir, progress=False, callbacks=[StopAt(stop)])
+    cfg = _config(**{"data.pipeline": pipeline})
+    first = train_and_evaluate(cfg, workdir, progress=False, callbacks=[StopAt(stop)])
     assert first["stopped_early"]
     assert _latest(ckpt.checkpoint_dir(workdir)) == stop
-    out = train_and_evaluate(_config(), workdir, progress=False)
+    out = train_and_evaluate(cfg, workdir, progress=False)
     step, leaves = _arrays(workdir)
     ref_step, ref_leaves = _arrays(ref_dir)
     assert step == ref_step == 2 * STEPS_PER_EPOCH
