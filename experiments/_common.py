@@ -116,6 +116,19 @@ def sweep(name: str, args, base: Config, variants: dict[str, dict], *,
     return result, agg
 
 
+def add_to_json(args, name: str, **entries) -> None:
+    """Adds top-level entries (e.g. extra measurements) to ``<name>.json``."""
+    import json
+
+    path = os.path.join(args.out, f"{name}.json")
+    with open(path) as f:
+        data = json.load(f)
+    data.update(entries)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
+
+
 def fmt_pct(row, metric="test_accuracy") -> str:
     """``98.9 ± 0.3`` (percent, mean ± std over seeds); ``diverged`` when every seed did."""
     if f"{metric}_mean" not in row:

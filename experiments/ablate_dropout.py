@@ -7,11 +7,13 @@ reaches on the data it is fitted to, comparable with the validation accuracy.
 
 Command:   python experiments/ablate_dropout.py       (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
-Run time:  about 5 minutes (4 rates x 3 seeds x 40 epochs).
-Expected:  without dropout the model fits the training split to 100 % within a few epochs
-           and its validation loss climbs back up (overfitting); dropout keeps the
-           validation loss lower and shrinks the train/validation gap, and 0.75 is so
-           strong that it slows fitting itself.
+Run time:  about 6 minutes (4 rates x 3 seeds x 40 epochs).
+Expected:  without dropout the model memorises the training split (train loss 0.0005, 100 %)
+           while its validation loss stops improving at about 0.044: a 90x train/validation
+           loss gap. Dropout 0.25 and 0.5 keep the training loss 6-40x higher at the same
+           validation loss (gap 0.040 and 0.028) and 0.25 gives the best test accuracy
+           (99.1 ± 0.2 % against 98.1 ± 0.8 % without); 0.75 in all three layers underfits
+           (train and validation both about 90 %).
 
 Writes docs/experiments/ablate_dropout.{json,csv,md} and ablate_dropout.png.
 """

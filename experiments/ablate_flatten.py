@@ -6,12 +6,13 @@ reaching the head is 8x8x64 instead of 2x2x64.
 
 Command:   python experiments/ablate_flatten.py       (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
-Run time:  about 4 minutes (4 variants x 3 seeds x 20 epochs).
+Run time:  about 3 minutes (4 variants x 3 seeds x 20 epochs).
 Expected:  GAP makes the dense layer's parameter count independent of the feature map size
-           (64 x 128 weights instead of H x W x 64 x 128); after pooling to 2x2 that saves
-           a quarter of the parameters for a small accuracy cost, and without pooling it cuts
-           the model from about 0.55 M to 0.03 M parameters, at a larger cost: averaging
-           throws away where a feature was, and on 8x8 digits position matters.
+           (64 x 128 weights instead of H x W x 64 x 128). After pooling to 2x2 it saves 46 %
+           of the parameters (28,426 instead of 53,002) for 0.7 points (98.2 ± 0.3 % against
+           98.9 ± 0.0 %); without pooling it makes the model 19x smaller (28,426 instead of
+           544,522) but loses 7 points (91.3 ± 0.9 % against 98.4 ± 0.8 %): averaging an 8x8
+           map throws away where the strokes are.
 
 Writes docs/experiments/ablate_flatten.{json,csv,md} and ablate_flatten.png.
 """
