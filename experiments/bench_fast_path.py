@@ -147,7 +147,7 @@ def layer_shapes(model_name, batch, image_shape=(28, 28, 1)):
     from jaxcnn.models import layer_names
     for name, spec in layer_names(model.layers):
         layer = spec.build(name=name, parent=None)
-        if spec.kind in ("Conv2D", "MaxPooling2D", "AvgPooling2D"):
+        if spec.kind in ("Conv2D", "MaxPooling2D"):  # the ops with two paths
             rows.append((spec.kind, tuple(x.shape), spec))
         variables = layer.init(jax.random.key(0), x) if spec.kind in ("Conv2D", "Dense") else {}
         if spec.kind in ("Dropout",):
@@ -180,7 +180,7 @@ def profile_model(model_name, batch):
                 argnums = (1,) if i == 0 else (0, 1)
                 args = (x, w)
             else:
-                pool = ops.max_pool if kind == "MaxPooling2D" else ops.avg_pool
+                pool = ops.max_pool
                 p = kw.get("pool_size", 2)
                 p = (p, p) if isinstance(p, int) else p
 
@@ -294,9 +294,10 @@ def main(argv=None):
             for row in rows:
                 print(f"  {row['ms_per_step']:7.2f} ms/step {100 * row['share']:4.1f}%  "
                       f"{row['op']:28s} {row['what'][:90]}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1, default=str)
+        # Written after every model, so a long run leaves its results behind.
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
     print("wrote", os.path.abspath(args.out))
 
 

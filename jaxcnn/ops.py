@@ -6,12 +6,15 @@ directly, so that the implementation can be chosen per backend in one place.
 ``impl`` selects the implementation:
 
 * ``"xla"``: the plain ``lax`` operation, differentiated by JAX autodiff.
-* ``"fast"``: the same forward computation with a custom backward pass that
-  XLA's CPU backend runs faster: max pooling over non-overlapping windows,
-  and convolutions with at most 4 input channels (see the comments above
-  :func:`conv2d_path` and ``docs/benchmarks.md``). Cases it does not cover,
-  or where it was measured not to win, run ``"xla"`` automatically;
-  :func:`conv2d_path` and :func:`max_pool_path` tell which one runs.
+* ``"fast"``: formulations that XLA's CPU backend runs faster, with custom
+  backward passes: max pooling over non-overlapping windows (reshape + max,
+  a one-pass gradient), and convolutions with at most 4 input channels
+  (fused multiply-adds forward, an im2col matmul weight gradient). Same
+  results within float rounding. Cases it does not cover, or where it was
+  measured not to win (wider convolutions, average pooling), run ``"xla"``
+  automatically; :func:`conv2d_path`, :func:`max_pool_path` and
+  :func:`paths` tell which one runs. Measurements: ``docs/benchmarks.md``,
+  section "The CPU fast path".
 * ``"auto"``: ``"fast"`` on the CPU backend, where it was measured to win;
   ``"xla"`` on GPU and TPU, which keep XLA's own kernels.
 
@@ -28,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.errors import ConfigError
+
 IMPLS = ("auto", "xla", "fast")
 
 Padding = str | Sequence[tuple[int, int]]
@@ -41,7 +46,12 @@ def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
       backend: a JAX backend name; defaults to ``jax.default_backend()``.
 
     Returns:
-      ``"xla"`` or ``"fast"``.
+      ``"xla"`` or ``"fast"``: the path a model built with ``impl`` takes.
+      Individual layers the fast path does not cover still run ``"xla"``;
+      :func:`paths` lists the choice per call.
+
+    Raises:
+      ConfigError: for an unknown ``impl``.
 
     Example:
       >>> resolve_impl("xla")
@@ -50,7 +60,8 @@ def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
       'xla'
     """
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+        raise ConfigError(f"impl must be one of {IMPLS}; got {impl!r}. Use 'auto' (the fast "
+                          "CPU path where it wins), 'xla' or 'fast'.")
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
