@@ -910,6 +910,11 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     gives), the min and max step time over every timed round, the median
     compile time, and ``ratio``: jaxcnn's images/s over this framework's.
 
+    Utilisation is against the highest peak any row of the same device kind
+    and dtype recorded: a peak measured on the spot (CPUs) varies with the
+    load of the moment, and the best measurement is the closest to the
+    machine's real peak; one figure for every framework keeps them comparable.
+
     Example:
       >>> rows = [{"framework": "jaxcnn", "model": "m", "batch_size": 8, "status": "ok",
       ...          "step_seconds_median": t, "step_seconds_min": t, "step_seconds_max": t,
@@ -919,9 +924,13 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       (40.0, 3, 26.666666666666668)
     """
     groups: dict[tuple, list[dict]] = {}
+    best_peak: dict[tuple, float] = {}
     for row in rows:
         key = (*_group_key(row), row.get("framework"), row.get("mode"), row.get("batch_size"))
         groups.setdefault(key, []).append(row)
+        if row.get("peak_flop_per_s"):
+            pk = (row.get("device_kind"), row.get("dtype"))
+            best_peak[pk] = max(best_peak.get(pk, 0.0), row["peak_flop_per_s"])
     out = []
     for key, members in groups.items():
         ok = [r for r in members if r.get("status") == "ok"]
@@ -938,7 +947,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             median = statistics.median(r["step_seconds_median"] for r in ok)
             b = first["batch_size"]
             flops = ok[0].get("flops_per_step")
-            peak = ok[0].get("peak_flop_per_s")
+            peak = best_peak.get((first.get("device_kind"), first.get("dtype")))
             mems = [r["peak_memory_bytes"] for r in ok if r.get("peak_memory_bytes")]
             summary_row.update(
                 step_seconds_median=median,
@@ -952,6 +961,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if any(r.get("compile_seconds") is not None for r in ok) else None,
                 flops_per_step=flops,
                 flop_per_s=flops / median if flops else None,
+                peak_flop_per_s=peak,
                 utilisation=flops / median / peak if flops and peak else None,
                 peak_memory_bytes=max(mems) if mems else None)
         out.append(summary_row)
