@@ -206,3 +206,54 @@ def environment_line() -> str:
     v, d = env.versions(), env.device_info()
     return (f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {d['backend']} "
             f"({d['device_kind']}, {d['cpu_count']} cores)")
+
+
+def time_steps(specs: dict[str, str], dataset: str, batch_size: int = 32, steps: int = 20,
+               rounds: int = 7) -> dict[str, dict]:
+    """Training throughput of each model, measured side by side in this process.
+
+    ``specs`` maps a label to spec text, or to ``(spec text, impl)`` to pick the
+    convolution/pooling implementation (see jaxcnn.ops). Each model's jitted
+    train step is compiled and warmed up first; then every
+    round times ``steps`` steps of each model in turn (interleaved, so a burst of
+    load from other jobs hits all of them), waiting for the device before reading
+    the clock. Returns the median and the quartiles of images/s over rounds.
+    """
+    import time
+
+    import jax
+    import numpy as np
+
+    import jaxcnn
+    from jaxcnn.train import make_optimizer, split_keys, train_step
+
+    ds = jaxcnn.load_dataset(dataset)
+    pre = jaxcnn.Preprocess.fit(ds.train.images)
+    batch = {"image": pre(ds.train.images[:batch_size]), "label": ds.train.labels[:batch_size]}
+    batch = jax.device_put(batch)
+    keys = split_keys(0)
+    runs = {}
+    for label, spec in specs.items():
+        spec, impl = spec if isinstance(spec, tuple) else (spec, "auto")
+        state = jaxcnn.create_train_state(jaxcnn.build_model(spec, ds.num_classes, impl=impl),
+                                          ds.image_shape,
+                                          make_optimizer(jaxcnn.OptimizerConfig(), 1000),
+                                          keys.init)
+        step = jax.jit(train_step, donate_argnums=0)
+        for _ in range(3):  # compile and warm up
+            state, m = step(state, batch, keys.dropout)
+        jax.block_until_ready(state)
+        runs[label] = [step, state, []]
+    for _ in range(rounds):
+        for label, run in runs.items():
+            step, state, rates = run
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                state, m = step(state, batch, keys.dropout)
+            jax.block_until_ready(state)
+            rates.append(steps * batch_size / (time.perf_counter() - t0))
+            run[1] = state
+    return {label: {"median": float(np.median(r)), "q1": float(np.percentile(r, 25)),
+                    "q3": float(np.percentile(r, 75)), "rounds": rounds, "steps": steps,
+                    "batch_size": batch_size}
+            for label, (_, _, r) in runs.items()}

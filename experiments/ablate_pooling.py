@@ -5,7 +5,7 @@ The seed model with each of its two maxpool(2) layers replaced by avgpool(2), by
 
 Command:   python experiments/ablate_pooling.py       (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
-The training throughput of the four models is then measured side by side (see time_steps).
+The training throughput of the four models is then measured side by side (_common.time_steps).
 
 Run time:  about 5 minutes (4 variants x 3 seeds x 20 epochs, then 1 minute of timing).
 Expected:  max pooling 98.9 ± 0.0 % at 53,002 parameters and 0.70 MFLOP per image; average
@@ -27,61 +27,13 @@ VARIANTS = {
 }
 
 
-def time_steps(specs: dict[str, str], dataset: str, batch_size: int = 32, steps: int = 20,
-               rounds: int = 7) -> dict[str, dict]:
-    """Training throughput of each model, measured side by side in this process.
-
-    Each model's jitted train step is compiled and warmed up first; then every
-    round times ``steps`` steps of each model in turn (interleaved, so a burst of
-    load from other jobs hits all of them), waiting for the device before reading
-    the clock. Returns the median and the quartiles of images/s over rounds.
-    """
-    import time
-
-    import jax
-    import numpy as np
-
-    import jaxcnn
-    from jaxcnn.train import make_optimizer, split_keys, train_step
-
-    ds = jaxcnn.load_dataset(dataset)
-    pre = jaxcnn.Preprocess.fit(ds.train.images)
-    batch = {"image": pre(ds.train.images[:batch_size]), "label": ds.train.labels[:batch_size]}
-    batch = jax.device_put(batch)
-    keys = split_keys(0)
-    runs = {}
-    for label, spec in specs.items():
-        state = jaxcnn.create_train_state(jaxcnn.build_model(spec, ds.num_classes),
-                                          ds.image_shape,
-                                          make_optimizer(jaxcnn.OptimizerConfig(), 1000),
-                                          keys.init)
-        step = jax.jit(train_step, donate_argnums=0)
-        for _ in range(3):  # compile and warm up
-            state, m = step(state, batch, keys.dropout)
-        jax.block_until_ready(state)
-        runs[label] = [step, state, []]
-    for _ in range(rounds):
-        for label, run in runs.items():
-            step, state, rates = run
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                state, m = step(state, batch, keys.dropout)
-            jax.block_until_ready(state)
-            rates.append(steps * batch_size / (time.perf_counter() - t0))
-            run[1] = state
-    return {label: {"median": float(np.median(r)), "q1": float(np.percentile(r, 25)),
-                    "q3": float(np.percentile(r, 75)), "rounds": rounds, "steps": steps,
-                    "batch_size": batch_size}
-            for label, (_, _, r) in runs.items()}
-
-
 def main():
     args = C.parser(__doc__, epochs=20).parse_args()
     variants = {label: {"model.name": " ".join(C.seed_spec(**kw).split())}
                 for label, kw in VARIANTS.items()}
     result, agg = C.sweep("ablate_pooling", args, C.base_config(args), variants,
                           description="downsampling: max/avg pooling, stride-2 conv, none")
-    timing = time_steps({label: v["model.name"] for label, v in variants.items()},
+    timing = C.time_steps({label: v["model.name"] for label, v in variants.items()},
                         args.dataset)
     for r in agg:
         r["step_images_per_s"] = timing[r["label"]]
