@@ -208,8 +208,8 @@ def environment_line() -> str:
             f"({d['device_kind']}, {d['cpu_count']} cores)")
 
 
-def time_steps(specs: dict[str, str], dataset: str, batch_size: int = 32, steps: int = 20,
-               rounds: int = 7) -> dict[str, dict]:
+def time_steps(specs: dict[str, "str | tuple[str, str]"], dataset: str, batch_size: int = 32,
+               steps: int = 20, rounds: int = 7) -> dict[str, dict]:
     """Training throughput of each model, measured side by side in this process.
 
     ``specs`` maps a label to spec text, or to ``(spec text, impl)`` to pick the
