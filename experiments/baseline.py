@@ -1,10 +1,11 @@
-"""Baseline: the default model (seed_cnn, Adam 1e-3, batch 32, 40 epochs) on digits, 5 seeds.
+"""Baseline: the default config (seed_cnn, Adam 1e-3, batch 32, 40 epochs) on digits, 5 seeds.
 
 Command:   python experiments/baseline.py            (add --dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 Run time:  about 1 minute (5 runs of 5-10 s training plus compilation).
-Expected:  test accuracy 99.1 ± 0.5 % (mean ± std over seeds 0-4; per seed 98.3, 99.4, 99.4,
-           98.9, 99.2) on the 360 test digits; the design target is a mean of at least 98 %.
+Expected:  test accuracy 98.4 ± 1.1 % (mean ± std over seeds 0-4; per seed 97.8, 99.2, 99.7,
+           98.3, 96.9) on the 360 test digits with the default 10 % validation hold-out;
+           the design target is a mean of at least 98 %.
 
 Writes docs/experiments/baseline.{json,csv,md,png}.
 """
@@ -14,7 +15,9 @@ import _common as C
 
 def main():
     args = C.parser(__doc__, epochs=40, seeds=5).parse_args()
-    base = C.base_config(args)
+    # The library's own defaults, including its 10% validation hold-out: this is
+    # what `jaxcnn train` does with no arguments.
+    base = C.base_config(args, data__validation_fraction=C.Config().data.validation_fraction)
     result, agg = C.sweep("baseline", args, base, {"seed_cnn": {}},
                           description="default config, seeds 0..N-1")
     row = agg[0]
