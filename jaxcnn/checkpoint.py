@@ -61,6 +61,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
+from jaxcnn import env
 from jaxcnn.config import CheckpointConfig, Config
 from jaxcnn.errors import JaxcnnError, NonFiniteLossError
 from jaxcnn.train import Callback, TrainState
@@ -523,15 +524,10 @@ def _quiet_absl(enabled: bool = True):
 
 
 def _check_writable(directory: str) -> None:
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoints to {directory!r}: {e.strerror}; fix its "
-                              "permissions or free space, or choose another --workdir") from None
+    problem = env.writable_dir_problem(directory)
+    if problem:
+        raise CheckpointError(f"cannot write checkpoints to {directory!r}: {problem}; fix its "
+                              "permissions or free space, or choose another --workdir")
 
 
 def _jsonable(obj):

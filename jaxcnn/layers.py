@@ -214,7 +214,7 @@ class MaxPooling2D(_Pool2D):
 class AvgPooling2D(_Pool2D):
     """Average pooling: the mean of each ``pool_size`` window, per channel.
 
-    Used by Flax's MNIST example CNN (see :func:`jaxcnn.models.flax_cnn`).
+    Used by Flax's MNIST example CNN (the ``flax_cnn`` model of :data:`jaxcnn.models.ZOO`).
 
     Attributes:
       pool_size: ``p`` or ``(ph, pw)``.

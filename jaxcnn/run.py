@@ -282,15 +282,10 @@ def train_and_evaluate(
 
 
 def _make_workdir(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise JaxcnnError(f"cannot write to the run directory {workdir!r}: {e.strerror}; "
-                          "choose another --workdir") from None
+    problem = env.writable_dir_problem(workdir)
+    if problem:
+        raise JaxcnnError(f"cannot write to the run directory {workdir!r}: {problem}; "
+                          "choose another --workdir")
 
 
 def _write_json(path: str, obj) -> None:
