@@ -138,9 +138,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"jaxcnn: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
-    print(f"test accuracy {out['test_accuracy']:.4f}  test loss {out['test_loss']:.4f}  "
-          f"({out['train_seconds']:.1f}s training)  run directory: {out['workdir']}",
-          file=sys.stderr)
     if args.json:
         _print_json(out)
     else:
