@@ -220,6 +220,7 @@ class AvgPooling2D(_Pool2D):
       pool_size: ``p`` or ``(ph, pw)``.
       strides: ``s`` or ``(sh, sw)``; None means ``pool_size``.
       padding: ``"valid"`` or ``"same"``.
+      impl: ``"auto"``, ``"xla"`` or ``"fast"``: see :mod:`jaxcnn.ops`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -227,10 +228,12 @@ class AvgPooling2D(_Pool2D):
       (1, 4, 4, 4)
     """
 
+    impl: str = "auto"
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
         window, strides, padding = self._geometry(x)
-        return ops.avg_pool(x, window, strides, padding)
+        return ops.avg_pool(x, window, strides, padding, impl=self.impl)
 
 
 class GlobalAvgPooling2D(nn.Module):

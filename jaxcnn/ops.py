@@ -5,14 +5,16 @@ directly, so that the implementation can be chosen per backend in one place.
 
 ``impl`` selects the implementation:
 
-* ``"xla"``: the plain ``lax`` operation, differentiated by JAX autodiff.
-* ``"fast"``: formulations that XLA's CPU backend runs faster, with custom
-  backward passes: max pooling over non-overlapping windows (reshape + max,
-  a one-pass gradient), and convolutions with at most 4 input channels
-  (fused multiply-adds forward, an im2col matmul weight gradient). Same
-  results within float rounding. Cases it does not cover, or where it was
-  measured not to win (wider convolutions, average pooling), run ``"xla"``
-  automatically; :func:`conv2d_path`, :func:`max_pool_path` and
+* ``"xla"``: the plain ``lax`` operation, differentiated by JAX autodiff,
+  compiled with XLA's default options.
+* ``"fast"``: formulations that XLA's CPU backend runs faster: max pooling
+  over non-overlapping windows (reshape + max, a one-pass gradient), average
+  pooling over non-overlapping windows (a sum of strided views),
+  and convolutions with at most 4 input channels (fused multiply-adds
+  forward, an im2col matmul weight gradient); and XLA compiler options that
+  keep XLA's own convolution kernels (:func:`compiler_options`). Same results within float
+  rounding. Cases it does not cover run ``"xla"`` automatically;
+  :func:`conv2d_path`, :func:`max_pool_path`, :func:`avg_pool_path` and
   :func:`paths` tell which one runs. Measurements: ``docs/benchmarks.md``,
   section "The CPU fast path".
 * ``"auto"``: ``"fast"`` on the CPU backend, where it was measured to win;
@@ -29,6 +31,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn.errors import ConfigError
@@ -68,12 +71,70 @@ def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
     return "fast" if backend == "cpu" and _FAST_AVAILABLE else "xla"
 
 
+# XLA's CPU backend hands some operations to YNNPACK library kernels. Its
+# convolution kernel ran 1.5-3x slower than XLA's own (Eigen) convolution for
+# the layers of the zoo models on 2 cores (the weight gradient of a 32->64
+# channel layer: 14.8 ms against 8.8 ms), while its reductions (pooling) and
+# dots are faster than XLA's loops. The fast path compiles with library
+# fusions for reductions and dots only; docs/benchmarks.md has the numbers.
+_CPU_COMPILER_OPTIONS = (
+    ("xla_cpu_experimental_ynn_fusion_type",
+     "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported(options: tuple) -> bool:
+    """Whether this jaxlib's CPU compiler accepts ``options`` (they are experimental)."""
+    try:
+        jax.jit(lambda v: v + 1, backend="cpu", compiler_options=dict(options)).lower(
+            jnp.zeros((1,), jnp.float32)).compile()
+    except Exception:  # noqa: BLE001 - an unknown option or value: compile without them
+        return False
+    return True
+
+
+def compiler_options(impl: str = "auto", backend: str | None = None) -> dict[str, str]:
+    """XLA compiler options that go with ``impl`` on ``backend``.
+
+    The CPU fast path is partly a choice of XLA's own kernels: on CPU it
+    keeps XLA's convolution instead of the YNNPACK library kernel that XLA
+    picks by default, which was measured slower for these models. jaxcnn's
+    own compiled steps (:func:`jaxcnn.train.fit`, evaluation, prediction,
+    ``jaxcnn bench``) pass these options to :func:`jax.jit`; pass them too
+    when jitting :func:`jaxcnn.train.train_step` in a loop of your own.
+    Empty on GPU/TPU, with ``impl="xla"``, or where this jaxlib does not know
+    the options.
+
+    Args:
+      impl: ``"auto"``, ``"xla"`` or ``"fast"``.
+      backend: a JAX backend name; defaults to ``jax.default_backend()``.
+
+    Returns:
+      A dict for ``jax.jit(..., compiler_options=...)``; may be empty.
+
+    Example:
+      >>> compiler_options("xla")
+      {}
+      >>> compiler_options("auto", backend="gpu")
+      {}
+    """
+    backend = backend or jax.default_backend()
+    if resolve_impl(impl, backend) != "fast" or backend != "cpu":
+        return {}
+    if not _cpu_options_supported(_CPU_COMPILER_OPTIONS):
+        return {}
+    return dict(_CPU_COMPILER_OPTIONS)
+
+
 _RECORDS: list[list[dict]] = []
 
 
 @contextlib.contextmanager
 def record_paths():
-    """Records the implementation that every :func:`conv2d` and :func:`max_pool` call takes.
+    """Records the implementation that every conv and pool call takes.
+
+    Recorded ops: ``conv2d``, ``max_pool`` and ``avg_pool``.
 
     Calls are recorded as they are traced, so run the function fresh (not a
     jit-compiled function already in the cache); :func:`paths` does that.
@@ -97,12 +158,13 @@ def record_paths():
 
 
 def paths(fn, *args, **kwargs) -> list[tuple[str, str]]:
-    """``(op, implementation)`` of every conv2d/max_pool call that ``fn(*args)`` makes.
+    """``(op, implementation)`` of every conv and pool call that ``fn(*args)`` makes.
 
     ``fn`` is traced abstractly (:func:`jax.eval_shape`): nothing is computed.
 
     Args:
-      fn: a function calling :func:`conv2d` / :func:`max_pool`, e.g. a model's apply.
+      fn: a function calling :func:`conv2d`, :func:`max_pool` or :func:`avg_pool`,
+        e.g. a model's apply.
       *args, **kwargs: its arguments (arrays or ``jax.ShapeDtypeStruct``).
 
     Returns:
@@ -204,21 +266,23 @@ def avg_pool(
     window: tuple[int, int] = (2, 2),
     strides: tuple[int, int] | None = None,
     padding: Padding = "VALID",
+    *,
+    impl: str = "auto",
 ) -> jax.Array:
     """Average pooling over spatial windows of an NHWC array.
 
-    With ``"SAME"`` padding, padded positions are not counted in the mean.
+    With ``"SAME"`` or explicit padding, padded positions are not counted in the mean.
 
     Args:
       x: input, shape ``(N, H, W, C)``.
       window: ``(wh, ww)``.
       strides: ``(sh, sw)``; defaults to ``window``.
-      padding: ``"VALID"`` or ``"SAME"``.
+      padding: ``"VALID"``, ``"SAME"`` or explicit ``((top, bottom), (left, right))``.
+      impl: ``"auto"``, ``"xla"`` or ``"fast"``; :func:`avg_pool_path` tells
+        which one runs.
 
     Returns:
-      The pooled array. There is one implementation: XLA's average-pool
-      gradient (a pad and a window sum) is already cheap on every backend,
-      and a reshape-based form measured no faster on CPU.
+      The pooled array.
 
     Example:
       >>> import jax.numpy as jnp
@@ -228,6 +292,10 @@ def avg_pool(
     """
     window = tuple(window)
     strides = tuple(strides) if strides is not None else window
+    path = avg_pool_path(x.shape, window, strides, padding, dtype=x.dtype, impl=impl)
+    _record("avg_pool", path, x.shape)
+    if path == "fast":
+        return _fast_avg_pool(x, window, padding)
     dims, strd = (1, *window, 1), (1, *strides, 1)
     pad = _pool_padding(padding)
     summed = lax.reduce_window(x, 0.0, lax.add, dims, strd, pad)
@@ -389,6 +457,30 @@ def max_pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *,
     if _pool_pads(tuple(x_shape[1:3]), window, padding) is None:
         return "xla"
     return "fast"
+
+
+def avg_pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *,
+                  dtype=jnp.float32, impl="auto", backend=None) -> str:
+    """The implementation :func:`avg_pool` runs for these arguments.
+
+    The same cases as :func:`max_pool_path`: non-overlapping windows with
+    ``"VALID"``, ``"SAME"`` or explicit non-negative padding, in a floating
+    dtype; anything else runs ``"xla"``.
+
+    Example:
+      >>> avg_pool_path((8, 28, 28, 32), (2, 2), impl="fast")
+      'fast'
+      >>> avg_pool_path((8, 28, 28, 32), (2, 2), impl="xla")
+      'xla'
+    """
+    if not _FAST_AVG_POOL:
+        return "xla"
+    return max_pool_path(x_shape, window, strides, padding, dtype=dtype, impl=impl,
+                         backend=backend)
+
+
+# False: average pooling always runs "xla" (for side-by-side benchmarks).
+_FAST_AVG_POOL = True
 
 
 def _pool_pads(x_hw, window, padding):
@@ -570,3 +662,33 @@ _fast_max.defvjp(_fast_max_fwd, _fast_max_bwd)
 
 def _fast_max_pool(x, window, strides, padding):
     return _fast_max(x, tuple(window), _pool_pads(tuple(x.shape[1:3]), window, padding))
+
+
+def _fast_avg_pool(x, window, padding):
+    """Non-overlapping average pooling as a sum of the ``wh*ww`` strided views.
+
+    XLA's CPU backend hands ``reduce_window`` to a library kernel that needs
+    its operands materialised (the ReLU before the pool wrote a full array of
+    zeros); a sum of strided slices is one elementwise loop fused with the
+    layer before it, and its gradient is a fused pad of the output gradient.
+    """
+    geometry = _pool_pads(tuple(x.shape[1:3]), window, padding)
+    (lo_h, hi_h, ho), (lo_w, hi_w, wo) = geometry
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+    n, c = x.shape[0], x.shape[3]
+    total = None
+    for a in range(window[0]):
+        for b in range(window[1]):
+            view = lax.slice(xp, (0, a, b, 0),
+                             (n, a + (ho - 1) * window[0] + 1, b + (wo - 1) * window[1] + 1, c),
+                             (1, window[0], window[1], 1))
+            total = view if total is None else total + view
+    if max(lo_h, hi_h, lo_w, hi_w) <= 0:
+        return total / (window[0] * window[1])
+    # Padded positions do not count: divide each window by its real elements.
+    counts = []
+    for size, w, (lo, _, out) in zip(x.shape[1:3], window, geometry):
+        start = np.arange(out) * w - lo
+        counts.append(np.minimum(start + w, size) - np.maximum(start, 0))
+    per_window = np.outer(counts[0], counts[1]).astype(np.float32)[None, :, :, None]
+    return total / jnp.asarray(per_window, x.dtype)

@@ -207,13 +207,66 @@ def test_fast_training_reaches_the_accuracy_of_xla(digits):
     pre = Preprocess.fit(digits.train.images)
     acc = {}
     for impl in ("xla", "fast"):
-        model = build_model("conv(16, 3, padding=same) maxpool(2) conv(16, 3, strides=2, "
-                            "padding=same) flatten dense(32, relu) softmax",
+        model = build_model("conv(16, 3, padding=same) maxpool(2) conv(16, 3, padding=same) "
+                            "avgpool(2) flatten dropout(0.25) dense(32, relu) softmax",
                             digits.num_classes, impl=impl)
         keys = split_keys(0)
         state = create_train_state(model, digits.image_shape, optax.adam(3e-3), keys.init)
-        state = fit(state, digits, keys=keys, epochs=4, batch_size=64, preprocess=pre).state
+        state = fit(state, digits, keys=keys, epochs=8, batch_size=64, preprocess=pre).state
         acc[impl] = evaluate(state, digits.test, pre)["accuracy"]
     assert acc["xla"] > 0.9
-    # Same seeds and data order: only float rounding differs between the paths.
+    # Same seeds, data order and dropout masks: only float rounding differs.
     assert abs(acc["fast"] - acc["xla"]) <= 0.02
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape,window,padding", POOL_CASES)
+def test_avg_pool_fast_matches_autodiff(shape, window, padding, dtype):
+    assert ops.avg_pool_path(shape, window, padding=padding, dtype=dtype, impl="fast") == "fast"
+    x = _rand(shape, dtype, 8)
+
+    def loss(impl):
+        def f(x):
+            y = ops.avg_pool(x, window, padding=padding, impl=impl).astype(jnp.float32)
+            return (y * jnp.sin(jnp.arange(y.size).reshape(y.shape))).sum()
+        return f
+
+    out_x = ops.avg_pool(x, window, padding=padding, impl="xla")
+    out_f = ops.avg_pool(x, window, padding=padding, impl="fast")
+    assert out_f.shape == out_x.shape and out_f.dtype == out_x.dtype
+    assert _rel_err(out_x, out_f) <= RTOL[dtype]
+    assert _rel_err(jax.grad(loss("xla"))(x), jax.grad(loss("fast"))(x)) <= RTOL[dtype]
+
+
+def test_avg_pool_paths_and_fallback():
+    x = _rand((2, 9, 9, 3))
+    assert ops.paths(lambda x: ops.avg_pool(x, impl="fast"), x) == [("avg_pool", "fast")]
+    assert ops.paths(lambda x: ops.avg_pool(x, impl="xla"), x) == [("avg_pool", "xla")]
+    # Overlapping windows are not covered: XLA's reduce_window runs, and differentiates.
+    overlap = lambda x: ops.avg_pool(x, (3, 3), (2, 2), impl="fast")  # noqa: E731
+    assert ops.paths(overlap, x) == [("avg_pool", "xla")]
+    ref = ops.avg_pool(x, (3, 3), (2, 2), impl="xla")
+    np.testing.assert_array_equal(np.asarray(overlap(x)), np.asarray(ref))
+    assert jax.grad(lambda x: overlap(x).sum())(x).shape == x.shape
+
+
+def test_compiler_options_follow_the_path():
+    assert ops.compiler_options("xla") == {}
+    assert ops.compiler_options("auto", backend="gpu") == {}
+    assert ops.compiler_options("fast", backend="tpu") == {}
+    opts = ops.compiler_options("fast", backend="cpu")
+    # This jaxlib knows the option (the fast path relies on it here); a jaxlib
+    # that does not would get {} and XLA's defaults.
+    assert opts == dict(ops._CPU_COMPILER_OPTIONS)
+    assert "INDIVIDUAL_CONVOLUTION" not in opts["xla_cpu_experimental_ynn_fusion_type"]
+    # A step compiled with them computes what the default compilation does.
+    x, w = _rand((4, 9, 9, 8)), _rand((3, 3, 8, 16), seed=1)
+    f = lambda x, w: jax.grad(lambda w: (ops.conv2d(x, w, impl="xla") ** 2).sum())(w)  # noqa: E731
+    a = jax.jit(f)(x, w)
+    b = jax.jit(f, compiler_options=opts)(x, w)
+    assert _rel_err(a, b) <= 1e-5
+
+
+def test_unknown_compiler_options_are_dropped(monkeypatch):
+    monkeypatch.setattr(ops, "_CPU_COMPILER_OPTIONS", (("xla_cpu_no_such_option_jaxcnn", "1"),))
+    assert ops.compiler_options("fast", backend="cpu") == {}
