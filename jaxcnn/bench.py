@@ -64,7 +64,7 @@ from jaxcnn.compare import (ComparisonError, check_param_counts, is_oom_message,
                             parse_frameworks, request_layers, run_framework, spread, time_calls)
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.models import build_model, summary, to_spec
-from jaxcnn.ops import resolve_impl
+from jaxcnn.ops import compiler_options, paths, resolve_impl
 from jaxcnn.train import create_train_state, eval_step, train_step
 
 WHATS = ("train", "infer", "eval")
@@ -514,9 +514,30 @@ def _step_functions(model, config: BenchConfig):
     return scanned, one, (0,) if config.what == "train" else ()
 
 
+def describe_paths(model, input_shape, *, train: bool = True) -> str:
+    """Which implementation each conv and pool layer of ``model`` runs, in one line.
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> describe_paths(build_model("keras_convnet", 10, impl="xla"), (28, 28, 1))
+      'conv2d xla,xla; max_pool xla,xla'
+    """
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def apply(v, x):
+        return model.apply(v, x, train=train, rngs={"dropout": jax.random.key(0)})
+
+    by_op: dict[str, list[str]] = {}
+    for op, path in paths(apply, variables, x):
+        by_op.setdefault(op, []).append(path)
+    return "; ".join(f"{op} {','.join(p)}" for op, p in by_op.items())
+
+
 def _row_base(config: BenchConfig, batch_size: int) -> dict[str, Any]:
     keys = ("framework", "framework_version", "framework_detail", "model", "spec", "what",
-            "mode", "batch_size", "dtype", "impl", "impl_requested", "input_shape",
+            "mode", "batch_size", "dtype", "impl", "impl_requested", "op_paths",
+            "compiler_options", "input_shape",
             "num_classes", "params", "status", "error", "round", "steps", "repeats", "warmup",
             "compile_seconds", "lower_seconds", "compilation_cache", "first_call_seconds",
             "step_seconds", "step_seconds_median", "step_seconds_min", "step_seconds_max",
@@ -607,6 +628,10 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
         # keeps it out of the memory figures too.
         state = state.replace(opt_state=())
     fn, single, donate = _step_functions(model, config)
+    # The XLA options that belong to the conv/pool path (jaxcnn.ops.compiler_options).
+    options = compiler_options(config.impl)
+    row["compiler_options"] = options
+    row["op_paths"] = describe_paths(model, config.input_shape, train=config.what == "train")
     abstract = (jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state),
                 {"image": jax.ShapeDtypeStruct((batch_size, *config.input_shape), jnp.float32),
                  "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)},
@@ -614,7 +639,8 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
     try:
         with _compile_cache(config.compilation_cache) as events:
             start = time.perf_counter()
-            lowered = jax.jit(fn, donate_argnums=donate).lower(*abstract)
+            lowered = jax.jit(fn, donate_argnums=donate,
+                              compiler_options=options or None).lower(*abstract)
             row["lower_seconds"] = time.perf_counter() - start
             compiled = lowered.compile()
             row["compile_seconds"] = time.perf_counter() - start
@@ -633,7 +659,8 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
         # the FLOPs of one step come from the single step's own compiled
         # program (compiled, not just lowered: as in step mode, the count is
         # of the optimised program).
-        flops = _cost_flops(jax.jit(single).lower(*abstract).compile().cost_analysis())
+        flops = _cost_flops(jax.jit(single, compiler_options=options or None)
+                            .lower(*abstract).compile().cost_analysis())
     if flops:
         row.update(flops_per_step=flops, flops_source="xla_cost_analysis")
     else:
@@ -940,6 +967,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "what": first.get("what"), "dtype": first.get("dtype"), "mode": first.get("mode"),
             "batch_size": first.get("batch_size"), "device_kind": first.get("device_kind"),
             "params": first.get("params"), "rounds": len(members),
+            "impl": first.get("impl"), "op_paths": first.get("op_paths"),
             "status": "ok" if ok else (first.get("status") or "error"),
             "error": None if ok else first.get("error"),
         }
@@ -996,7 +1024,7 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
       True
     """
     agg = aggregate(rows)
-    head = ("framework", "mode", "batch", "compile s", "step ms median [min-max]", "images/s",
+    head = ("framework", "mode/path", "batch", "compile s", "step ms median [min-max]", "images/s",
             "GFLOP/step", "GFLOP/s", "util %", "mem MB", "vs jaxcnn")
     lines_by_group: dict[tuple, list[tuple[str, ...]]] = {}
     for a in agg:
@@ -1005,8 +1033,11 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
                      "out of memory" if a["status"] == "oom" else a["status"],
                      "-", "-", "-", "-", "-", "-")
         else:
+            mode = a.get("mode") or "-"
+            if a["framework"] == "jaxcnn" and a.get("impl"):
+                mode = f"{mode} {a['impl']}"
             cells = (
-                a["framework"], a.get("mode") or "-", str(a["batch_size"]),
+                a["framework"], mode, str(a["batch_size"]),
                 _fmt(a["compile_seconds"], ".2f"),
                 f"{a['step_seconds_median'] * 1e3:.2f} [{a['step_seconds_min'] * 1e3:.2f}-"
                 f"{a['step_seconds_max'] * 1e3:.2f}]",
@@ -1015,13 +1046,20 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
                 _fmt(a["peak_memory_bytes"], ".1f", 1e6),
                 "-" if a["framework"] == "jaxcnn" else _fmt(a["ratio"], ".2f") + "x")
         lines_by_group.setdefault(_group_key(a), []).append(cells)
+    notes_by_group: dict[tuple, str] = {}
+    for a in agg:
+        if a["framework"] == "jaxcnn" and a.get("op_paths"):
+            notes_by_group.setdefault(_group_key(a), "jaxcnn ops: " + a["op_paths"])
     out = []
     for (model, what, dtype, kind), body in lines_by_group.items():
+        note = notes_by_group.get((model, what, dtype, kind))
         if markdown:
             out += [f"**{model} | {what} | {dtype} | {kind}**", "",
                     "| " + " | ".join(head) + " |",
                     "|" + "|".join(" --- " if i < 2 else " ---: " for i in range(len(head))) + "|",
                     *("| " + " | ".join(cells) + " |" for cells in body), ""]
+            if note:
+                out += [note, ""]
             continue
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
@@ -1030,7 +1068,7 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
                              for i, (c, w) in enumerate(zip(cells, widths)))
 
         out += [f"{model} | {what} | {dtype} | {kind}", line(head),
-                "-" * len(line(head)), *map(line, body), ""]
+                "-" * len(line(head)), *map(line, body), *([note] if note else []), ""]
     return "\n".join(out).rstrip()
 
 

@@ -37,6 +37,7 @@ from flax.training import train_state
 from jaxcnn.config import OptimizerConfig
 from jaxcnn.data import Dataset, Preprocess, Split, as_images
 from jaxcnn.errors import ConfigError, DataError, NonFiniteLossError
+from jaxcnn import ops
 from jaxcnn import sharding as shd
 from jaxcnn.pipeline import (Augment, Prefetcher, augment_batch, augment_key, choose_pipeline,
                              device_memory_budget)
@@ -307,8 +308,7 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, pad])
 
 
-@functools.partial(jax.jit, static_argnames=("preprocess",))
-def _eval_batch(state, images, labels, mask, preprocess):
+def _eval_batch_fn(state, images, labels, mask, preprocess):
     return eval_step(state, {"image": preprocess(images), "label": labels, "mask": mask})
 
 
@@ -351,6 +351,7 @@ def evaluate(
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     batch_size = min(batch_size, n) if mesh is None else batch_size
     sharding = shd.batch_sharding(mesh) if mesh is not None else None
+    eval_fn = _compiled("eval", state)
     totals = []
     for start in range(0, n, batch_size):
         images = split.images[start:start + batch_size]
@@ -360,7 +361,7 @@ def evaluate(
         arrays = (images, labels, mask)
         if sharding is not None:
             arrays = jax.device_put(arrays, sharding)
-        totals.append(_eval_batch(state, *arrays, preprocess))
+        totals.append(eval_fn(state, *arrays, preprocess))
     return merge_metrics(jax.device_get(totals))
 
 
@@ -382,8 +383,7 @@ def merge_metrics(parts: Iterable[dict[str, Any]]) -> dict[str, float]:
     return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": count_int}
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "preprocess"))
-def _predict_batch(params, images, apply_fn, preprocess):
+def _predict_batch_fn(params, images, apply_fn, preprocess):
     logits = apply_fn({"params": params}, preprocess(images), train=False)
     return jax.nn.softmax(logits, axis=-1)
 
@@ -418,10 +418,11 @@ def predict(
     preprocess = preprocess or Preprocess(1.0, (0.0,) * x.shape[-1], (1.0,) * x.shape[-1])
     n = len(x)
     batch_size = min(batch_size, n)
+    predict_fn = _compiled("predict", state)
     out = []
     for start in range(0, n, batch_size):
         chunk = _pad(x[start:start + batch_size], batch_size)
-        out.append(_predict_batch(state.params, chunk, state.apply_fn, preprocess))
+        out.append(predict_fn(state.params, chunk, state.apply_fn, preprocess))
     return np.concatenate(jax.device_get(out))[:n]
 
 
@@ -519,13 +520,41 @@ def _batch_step(state, acc, x, y, key, aug_key, *, preprocess, sharding, augment
     return state, acc
 
 
-# One jitted function for every fit call, so identical runs share compiled code.
-_jit_loop_step = jax.jit(
-    _loop_step, donate_argnums=(0, 1),
-    static_argnames=("batch_size", "steps_per_epoch", "preprocess", "sharding", "augment"))
-_jit_stream_step = jax.jit(
-    _stream_step, donate_argnums=(0, 1),
-    static_argnames=("preprocess", "sharding", "augment"))
+_JIT_SPECS = {
+    "loop": (_loop_step, {"donate_argnums": (0, 1), "static_argnames": (
+        "batch_size", "steps_per_epoch", "preprocess", "sharding", "augment")}),
+    "stream": (_stream_step, {"donate_argnums": (0, 1),
+                              "static_argnames": ("preprocess", "sharding", "augment")}),
+    "eval": (_eval_batch_fn, {"static_argnames": ("preprocess",)}),
+    "predict": (_predict_batch_fn, {"static_argnames": ("apply_fn", "preprocess")}),
+}
+
+
+def model_impl(state) -> str:
+    """The conv/pool ``impl`` of the model behind ``state`` (``"auto"`` if it has none).
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> s = create_train_state(build_model("flatten softmax", 3, impl="xla"), (2, 2, 1),
+      ...                        optax.adam(1e-2), jax.random.key(0))
+      >>> model_impl(s)
+      'xla'
+    """
+    return getattr(getattr(state.apply_fn, "model", None), "impl", "auto")
+
+
+def _compiled(name: str, state_or_impl) -> Callable:
+    """The jitted ``name`` function, compiled with the XLA options of the model's impl."""
+    impl = state_or_impl if isinstance(state_or_impl, str) else model_impl(state_or_impl)
+    return _jitted(name, tuple(sorted(ops.compiler_options(impl).items())))
+
+
+# One jitted function per (function, options) for every call, so identical
+# runs share compiled code.
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str, options: tuple) -> Callable:
+    fn, kwargs = _JIT_SPECS[name]
+    return jax.jit(fn, compiler_options=dict(options) or None, **kwargs)
 
 
 def _zero_acc():
@@ -539,6 +568,7 @@ def make_fit_step(
     preprocess: Preprocess,
     mesh=None,
     augment: Augment | None = None,
+    impl: str = "auto",
 ) -> Callable:
     """The compiled per-batch function that :func:`fit` calls once per step.
 
@@ -546,19 +576,20 @@ def make_fit_step(
     gathers batch ``state.step % steps_per_epoch`` of ``perm`` from the
     on-device ``images``/``labels``, augments it (with ``augment``, keyed by
     ``fold_in(aug_key, state.step)``), runs :func:`train_step`, and adds the
-    metrics to ``acc``. ``state`` and ``acc`` are donated.
+    metrics to ``acc``. ``state`` and ``acc`` are donated. It is compiled
+    with the XLA options of the model's ``impl`` (:func:`jaxcnn.ops.compiler_options`).
 
     Example:
       >>> fn = make_fit_step(32, 10, Preprocess(1.0, (0.0,), (1.0,)))
     """
     sharding = shd.batch_sharding(mesh) if mesh is not None and mesh.devices.size > 1 else None
-    return functools.partial(_jit_loop_step, batch_size=batch_size,
+    return functools.partial(_compiled("loop", impl), batch_size=batch_size,
                              steps_per_epoch=steps_per_epoch, preprocess=preprocess,
                              sharding=sharding, augment=augment)
 
 
 def make_stream_step(preprocess: Preprocess, mesh=None,
-                     augment: Augment | None = None) -> Callable:
+                     augment: Augment | None = None, impl: str = "auto") -> Callable:
     """The compiled per-batch function of the streaming pipeline.
 
     ``fn(state, acc, x, y, dropout_key, aug_key=None) -> (state, acc)``: like
@@ -568,7 +599,7 @@ def make_stream_step(preprocess: Preprocess, mesh=None,
       >>> fn = make_stream_step(Preprocess(1.0, (0.0,), (1.0,)))
     """
     sharding = shd.batch_sharding(mesh) if mesh is not None and mesh.devices.size > 1 else None
-    return functools.partial(_jit_stream_step, preprocess=preprocess, sharding=sharding,
+    return functools.partial(_compiled("stream", impl), preprocess=preprocess, sharding=sharding,
                              augment=augment)
 
 
@@ -676,12 +707,13 @@ def fit(
     mode = choose_pipeline(pipeline, nbytes, memory_budget if memory_budget is not None
                            else device_memory_budget() if pipeline == "auto" else 0)
     if mode == "device":
-        step_fn = make_fit_step(batch_size, steps_per_epoch, preprocess, mesh, augment)
+        step_fn = make_fit_step(batch_size, steps_per_epoch, preprocess, mesh, augment,
+                                impl=model_impl(state))
         # np.asarray: images that a data source decodes on demand are read here, once.
         images = jax.device_put(np.asarray(dataset.train.images), place)
         labels = jax.device_put(dataset.train.labels, place)
     else:
-        step_fn = make_stream_step(preprocess, mesh, augment)
+        step_fn = make_stream_step(preprocess, mesh, augment, impl=model_impl(state))
     state = jax.device_put(state, place)
     dropout_key = jax.device_put(keys.dropout, place)
     aug_key = jax.device_put(augment_key(keys), place) if augment is not None else None

@@ -57,6 +57,11 @@ def test_every_figure_present_and_positive(train_row):
     assert row["flops_source"] == "xla_cost_analysis"
     assert row["compilation_cache"] == "off"
     assert row["impl"] in ("xla", "fast")
+    # Which path each layer took, and the XLA options that went with it.
+    path = row["impl"]
+    assert row["op_paths"] == f"conv2d {path},{path}; max_pool {path}"  # both convs <= 4 inputs
+    from jaxcnn.ops import compiler_options
+    assert row["compiler_options"] == compiler_options(row["impl_requested"])
     assert isinstance(row["device_kind"], str) and row["device_kind"]
     for lib in ("jax", "jaxlib", "flax"):
         assert row["versions"][lib]
@@ -228,3 +233,12 @@ def test_torch_comparison_runs_side_by_side():
     torch_row = [r for r in rows if r["framework"] == "torch"][0]
     assert torch_row["status"] == "ok" and torch_row["images_per_s"] > 0
     assert math.isclose(torch_row["flops_per_step"], rows[0]["flops_per_step"])
+
+
+def test_table_shows_the_path_each_layer_ran(train_row):
+    table = bench.format_table([train_row])
+    assert f"step {train_row['impl']}" in table
+    assert "jaxcnn ops: " + train_row["op_paths"] in table
+    xla_row = bench.bench_one(tiny_config(impl="xla", repeats=1, warmup=0), 8, peak=PEAK)
+    assert xla_row["impl"] == "xla" and xla_row["compiler_options"] == {}
+    assert xla_row["op_paths"] == "conv2d xla,xla; max_pool xla"

@@ -177,3 +177,18 @@ def test_train_and_evaluate_writes_the_run_directory(tmp_path):
         assert (tmp_path / name).exists(), name
     assert {"test_accuracy", "test_loss", "train_seconds"} <= set(out)
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_compiled_steps_take_the_xla_options_of_the_models_path():
+    from jaxcnn import ops, train
+    from jaxcnn.models import build_model
+    for impl in ("xla", "fast"):
+        state = create_train_state(build_model("flatten softmax", 3, impl=impl), (2, 2, 1),
+                                   optax.adam(1e-2), jax.random.key(0))
+        assert train.model_impl(state) == impl
+        for name in ("loop", "stream", "eval", "predict"):
+            fn = train._compiled(name, state)
+            assert fn is train._jitted(name, tuple(sorted(ops.compiler_options(impl).items())))
+    # Different options, different compiled functions (where this jaxlib knows them).
+    if ops.compiler_options("fast"):
+        assert train._compiled("eval", "fast") is not train._compiled("eval", "xla")
