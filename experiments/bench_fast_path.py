@@ -1,4 +1,5 @@
-"""Side-by-side training throughput of the "xla" and "fast" conv/pool paths on CPU.
+"""Side-by-side training throughput of the "xla" and "fast" paths on CPU, and of
+the fast path with each of its parts taken away.
 
 Every variant of the train step is compiled first; then rounds of a fixed
 number of steps run interleaved (variant order shuffled per round), so load
@@ -6,12 +7,17 @@ from other processes on the machine hits every variant alike. Reported per
 variant: median images/s over rounds, the spread (min, max), the step's FLOPs
 from XLA's cost analysis and the fraction of the fp32 matmul peak measured in
 the same process. ``--profile`` also times each conv and pool layer's forward
-and backward alone, on both paths, to show where a step's time goes.
+and backward alone, on both paths; ``--trace`` lists the fast step's most
+expensive XLA operations from a profiler trace.
 
-Command (about 2-4 minutes on 2 cores)::
+Variants (``VARIANTS``): ``xla`` and ``fast`` are the two paths; the others
+change one thing of ``fast`` (or of ``xla``) to show what each part is worth.
 
-    python experiments/bench_fast_path.py --models keras_convnet seed_cnn flax_cnn \\
-        --batch 128 --rounds 7 --profile
+Command (about 5 minutes on 2 cores)::
+
+    python experiments/bench_fast_path.py --models keras_convnet seed_cnn flax_cnn \
+        --variants xla fast xla_fast_options fast_default_options \
+        fast_no_library_fusions fast_xla_avg_pool --rounds 7 --profile --trace
 
 Writes ``docs/experiments/fast_path_bench.json``.
 """
@@ -36,15 +42,32 @@ from jaxcnn import env, ops
 from jaxcnn.models import build_model
 from jaxcnn.train import create_train_state, train_step
 
-# Formulation knobs of jaxcnn.ops per variant; read when a step is traced.
+# Per variant: the impl, knobs of jaxcnn.ops (read when a step is traced) and
+# the XLA compiler options ("path": those of the impl, jaxcnn.ops.compiler_options).
+_NO_LIBRARY_FUSIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 VARIANTS = {
-    "xla": ("xla", {}),
-    "fast": ("fast", {}),
+    "xla": ("xla", {}, "path"),
+    "fast": ("fast", {}, "path"),
+    # The plain formulations, compiled with the fast path's XLA options.
+    "xla_fast_options": ("xla", {}, "fast"),
+    # The fast formulations with XLA's default options (YNNPACK convolutions).
+    "fast_default_options": ("fast", {}, "xla"),
+    # No XLA library (YNNPACK) fusions at all, not even for reductions and dots.
+    "fast_no_library_fusions": ("fast", {}, _NO_LIBRARY_FUSIONS),
+    # Average pooling left to XLA's reduce_window.
+    "fast_xla_avg_pool": ("fast", {"_FAST_AVG_POOL": False}, "path"),
     # Shifted-input (im2col) weight gradient for every conv, however wide.
-    "fast_all_convs": ("fast", {"_FAST_MAX_CIN": 1 << 30}),
+    "fast_all_convs": ("fast", {"_FAST_MAX_CIN": 1 << 30}, "path"),
     # Only the max-pool gradient replaced.
-    "fast_pools_only": ("fast", {"_FAST_MAX_CIN": 0}),
+    "fast_pools_only": ("fast", {"_FAST_MAX_CIN": 0}, "path"),
 }
+
+
+def variant_options(impl, options):
+    """The compiler options of a variant."""
+    if isinstance(options, dict):
+        return options
+    return ops.compiler_options(impl if options == "path" else options)
 
 
 @contextlib.contextmanager
@@ -72,7 +95,7 @@ def matmul_peak(n=2048, repeats=5):
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def make_step(model_name, impl, settings, batch, image_shape=(28, 28, 1)):
+def make_step(model_name, impl, settings, batch, image_shape=(28, 28, 1), options=None):
     model = build_model(model_name, 10, impl=impl)
     state = create_train_state(model, image_shape, optax.adam(1e-3), jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -80,7 +103,8 @@ def make_step(model_name, impl, settings, batch, image_shape=(28, 28, 1)):
             "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
     key = jax.random.key(1)
     # A fresh function object per variant: the knobs are read at trace time.
-    jitted = jax.jit(lambda s, b, k: train_step(s, b, k), donate_argnums=0)
+    jitted = jax.jit(lambda s, b, k: train_step(s, b, k), donate_argnums=0,
+                     compiler_options=options or None)
     with knobs(settings):
         compiled = jitted.lower(state, data, key).compile()
     cost = compiled.cost_analysis()
@@ -103,8 +127,9 @@ def run_steps(v, steps):
 def bench_model(model_name, names, batch, rounds, steps, peak):
     variants = {}
     for name in names:
-        impl, settings = VARIANTS[name]
-        variants[name] = make_step(model_name, impl, settings, batch)
+        impl, settings, options = VARIANTS[name]
+        variants[name] = make_step(model_name, impl, settings, batch,
+                                   options=variant_options(impl, options))
         run_steps(variants[name], 3)  # warm-up
     samples = {name: [] for name in names}
     order = list(names)
@@ -147,7 +172,7 @@ def layer_shapes(model_name, batch, image_shape=(28, 28, 1)):
     from jaxcnn.models import layer_names
     for name, spec in layer_names(model.layers):
         layer = spec.build(name=name, parent=None)
-        if spec.kind in ("Conv2D", "MaxPooling2D"):  # the ops with two paths
+        if spec.kind in ("Conv2D", "MaxPooling2D", "AvgPooling2D"):  # ops with two paths
             rows.append((spec.kind, tuple(x.shape), spec))
         variables = layer.init(jax.random.key(0), x) if spec.kind in ("Conv2D", "Dense") else {}
         if spec.kind in ("Dropout",):
@@ -180,7 +205,7 @@ def profile_model(model_name, batch):
                 argnums = (1,) if i == 0 else (0, 1)
                 args = (x, w)
             else:
-                pool = ops.max_pool
+                pool = ops.max_pool if kind == "MaxPooling2D" else ops.avg_pool
                 p = kw.get("pool_size", 2)
                 p = (p, p) if isinstance(p, int) else p
 
@@ -188,13 +213,14 @@ def profile_model(model_name, batch):
                     return pool(x, p, padding=kw.get("padding", "valid").upper(), impl=impl)
 
                 argnums, args = (0,), (x,)
-            fwd = jax.jit(f)
+            options = ops.compiler_options(impl) or None
+            fwd = jax.jit(f, compiler_options=options)
             y = fwd(*args)
             dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
             bwd = jax.jit(lambda *a, f=f, argnums=argnums: jax.vjp(
                 lambda *p: f(*[p[argnums.index(j)] if j in argnums else a[j]
                                for j in range(len(a))]),
-                *[a[j] for j in argnums])[1](dy))
+                *[a[j] for j in argnums])[1](dy), compiler_options=options)
             row[impl + "_fwd_ms"] = _time(fwd, *args)
             row[impl + "_fwd_bwd_ms"] = _time(bwd, *args)
         rows.append(row)
@@ -212,7 +238,7 @@ def trace_step(model_name, impl, batch, steps=10):
     import re
     import tempfile
 
-    v = make_step(model_name, impl, {}, batch)
+    v = make_step(model_name, impl, {}, batch, options=ops.compiler_options(impl))
     run_steps(v, 3)
     logdir = tempfile.mkdtemp(prefix="jaxcnn_trace_")
     jax.profiler.start_trace(logdir)
@@ -231,7 +257,7 @@ def trace_step(model_name, impl, batch, steps=10):
     hlo = v["fn"].as_text()
     total = sum(per_op.values())
     rows = []
-    for name, ns in per_op.most_common(15):
+    for name, ns in per_op.most_common(int(os.environ.get("TRACE_TOP", "15"))):
         m = re.search(r"\n\s*(?:ROOT )?%" + re.escape(name) + r" = ([^\n]*)", hlo)
         what = ""
         if m:
@@ -250,6 +276,34 @@ def trace_step(model_name, impl, batch, steps=10):
     return rows
 
 
+def plot_variants(result, path):
+    """Grouped bars: images/s of every variant per model, error bars min-max over rounds."""
+    from jaxcnn.plots import _pyplot
+
+    plt = _pyplot()
+    models = list(result["models"])
+    variants = list(next(iter(result["models"].values()))["throughput"])
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(models) * len(variants) / 3), 4.2))
+    for i, name in enumerate(variants):
+        rows = [result["models"][m]["throughput"][name] for m in models]
+        med = [r["images_per_s"] for r in rows]
+        err = [[r["images_per_s"] - r["min"] for r in rows],
+               [r["max"] - r["images_per_s"] for r in rows]]
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(models))]
+        ax.bar(xs, med, width, yerr=err, capsize=2, label=name)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("training images/s (batch %d)" % result["batch"])
+    ax.set_title("jaxcnn training step on %d CPU cores: the fast path and its parts"
+                 % result["device"].get("cpu_count", 0))
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["keras_convnet", "seed_cnn", "flax_cnn"])
@@ -263,6 +317,8 @@ def main(argv=None):
                    help="also profile the fast step with jax.profiler: time per HLO op")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
                                                  "experiments", "fast_path_bench.json"))
+    p.add_argument("--png", default=None,
+                   help="also draw the variants as grouped bars (default: --out with .png)")
     args = p.parse_args(argv)
     random.seed(0)
     peak = matmul_peak()
@@ -298,7 +354,9 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1, default=str)
-    print("wrote", os.path.abspath(args.out))
+    png = args.png or os.path.splitext(args.out)[0] + ".png"
+    plot_variants(result, png)
+    print("wrote", os.path.abspath(args.out), "and", os.path.abspath(png))
 
 
 if __name__ == "__main__":
