@@ -54,6 +54,8 @@ VARIANTS = {
     "fast_default_options": ("fast", {}, "xla"),
     # No XLA library (YNNPACK) fusions at all, not even for reductions and dots.
     "fast_no_library_fusions": ("fast", {}, _NO_LIBRARY_FUSIONS),
+    # Max-pool backward from the saved pool input instead of the winners' positions.
+    "fast_pool_input": ("fast", {"_POOL_WINNERS": False}, "path"),
     # Average pooling left to XLA's reduce_window.
     "fast_xla_avg_pool": ("fast", {"_FAST_AVG_POOL": False}, "path"),
     # Shifted-input (im2col) weight gradient for every conv, however wide.

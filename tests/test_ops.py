@@ -106,7 +106,11 @@ def test_max_pool_fast_matches_autodiff(shape, window, padding, dtype):
     assert _rel_err(jax.grad(loss("xla"))(x), jax.grad(loss("fast"))(x)) <= RTOL[dtype]
 
 
-def test_max_pool_ties_give_one_winner_like_xla():
+@pytest.mark.parametrize("winners", [True, False])
+def test_max_pool_ties_give_one_winner_like_xla(winners, monkeypatch):
+    # Both backward forms: from the saved winners' positions (the default) or
+    # from the saved pool input and output.
+    monkeypatch.setattr(ops, "_POOL_WINNERS", winners)
     # ReLU outputs are full of exact ties (zeros); rounding makes positive ties too.
     x = jnp.maximum(jnp.round(_rand((2, 8, 8, 3), seed=6)), 0.0)
     cot = _rand((2, 4, 4, 3), seed=7)
