@@ -1076,7 +1076,8 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str, title: str | None
     """Draws images/s against batch size, one line per framework, to a PNG.
 
     One panel per (model, what, dtype, device); error bars span the min and
-    max over every timed round. Out-of-memory rows are left out.
+    max over every timed round. A panel with a single batch size shows a bar
+    per framework instead. Out-of-memory rows are left out.
 
     Args:
       rows: result rows (e.g. :func:`read_jsonl` of ``--out`` files).
@@ -1116,23 +1117,37 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str, title: str | None
         for a in members:
             label = a["framework"] + ("" if a.get("mode") in (None, "step") else f" ({a['mode']})")
             by_fw.setdefault(label, []).append(a)
-        for label, pts in sorted(by_fw.items(), key=lambda kv: kv[0] != "jaxcnn"):
-            pts.sort(key=lambda a: a["batch_size"])
-            xs = [a["batch_size"] for a in pts]
-            ys = [a["images_per_s"] for a in pts]
-            err = [[y - a["images_per_s_min"] for y, a in zip(ys, pts)],
-                   [a["images_per_s_max"] - y for y, a in zip(ys, pts)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({a["batch_size"] for a in members}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("batch size")
+        ordered = sorted(by_fw.items(), key=lambda kv: kv[0] != "jaxcnn")
+        batches = sorted({a["batch_size"] for a in members})
+        if len(batches) == 1:
+            # One batch size: a bar per framework, labelled with its images/s.
+            for i, (label, (a, *_)) in enumerate(ordered):
+                err = [[a["images_per_s"] - a["images_per_s_min"]],
+                       [a["images_per_s_max"] - a["images_per_s"]]]
+                ax.bar(i, a["images_per_s"], yerr=err, capsize=3, color=f"C{i}")
+                ax.text(i, a["images_per_s"] / 2, f"{a['images_per_s']:,.0f}", ha="center",
+                        fontsize=8, color="white", fontweight="bold")
+            ax.set_xticks(range(len(ordered)), [label for label, _ in ordered], fontsize=8,
+                          rotation=20)
+            ax.set_xlabel(f"batch size {batches[0]}")
+        else:
+            for label, pts in ordered:
+                pts.sort(key=lambda a: a["batch_size"])
+                xs = [a["batch_size"] for a in pts]
+                ys = [a["images_per_s"] for a in pts]
+                err = [[y - a["images_per_s_min"] for y, a in zip(ys, pts)],
+                       [a["images_per_s_max"] - y for y, a in zip(ys, pts)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(batches)
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.set_xlabel("batch size")
+            ax.legend(fontsize=8)
         ax.set_ylabel("images / s")
         ax.set_ylim(bottom=0)
         ax.set_title(" | ".join(str(v) for v in (model, what, dtype) if v is not None),
                      fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     kinds = sorted({str(k[3]) for k in groups if k[3]})
