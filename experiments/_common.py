@@ -239,7 +239,8 @@ def time_steps(specs: dict[str, "str | tuple[str, str]"], dataset: str, batch_si
                                           ds.image_shape,
                                           make_optimizer(jaxcnn.OptimizerConfig(), 1000),
                                           keys.init)
-        step = jax.jit(train_step, donate_argnums=0)
+        step = jax.jit(train_step, donate_argnums=0,
+                       compiler_options=jaxcnn.ops.compiler_options(impl) or None)
         for _ in range(3):  # compile and warm up
             state, m = step(state, batch, keys.dropout)
         jax.block_until_ready(state)

@@ -3,7 +3,8 @@
 Three ways to run the same training steps of keras_convnet (28x28x1, batch 128),
 measured side by side in one process, interleaved round by round:
 
-* ``bare``: a loop of ``jax.jit(train_step, donate_argnums=0)`` over batches
+* ``bare``: a loop of ``jax.jit(train_step, donate_argnums=0)`` (with the
+  model path's compiler options, as fit uses) over batches
   that are already preprocessed, batched and on the device (no pipeline at all);
 * ``device``: :func:`jaxcnn.train.fit` with the training split on the device
   (per-step gather from the epoch's permutation, preprocessing and the metric
@@ -39,7 +40,7 @@ import time
 import jax
 import numpy as np
 
-from jaxcnn import env
+from jaxcnn import env, ops
 from jaxcnn.data import Preprocess, load_synthetic
 from jaxcnn.models import build_model
 from jaxcnn.train import create_train_state, fit, make_optimizer, split_keys, train_step
@@ -67,7 +68,9 @@ def run(examples: int = 2048, batch_size: int = 128, rounds: int = 15, model_nam
         {"image": jax.device_put(pre(ds.train.images[idx]), device),
          "label": jax.device_put(ds.train.labels[idx], device)}
         for idx in perm.reshape(spe, batch_size)]
-    bare_step = jax.jit(train_step, donate_argnums=0)
+    # Compiled with the model path's XLA options, as fit compiles its steps.
+    bare_step = jax.jit(train_step, donate_argnums=0,
+                        compiler_options=ops.compiler_options(model.impl) or None)
     dropout_key = jax.device_put(keys.dropout, device)
 
     def time_bare():
