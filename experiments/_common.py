@@ -240,7 +240,7 @@ def time_steps(specs: dict[str, "str | tuple[str, str]"], dataset: str, batch_si
                                           make_optimizer(jaxcnn.OptimizerConfig(), 1000),
                                           keys.init)
         step = jax.jit(train_step, donate_argnums=0,
-                       compiler_options=jaxcnn.ops.compiler_options(impl) or None)
+                       compiler_options=jaxcnn.ops.compiler_options(impl))
         for _ in range(3):  # compile and warm up
             state, m = step(state, batch, keys.dropout)
         jax.block_until_ready(state)

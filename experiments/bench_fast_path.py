@@ -106,7 +106,7 @@ def make_step(model_name, impl, settings, batch, image_shape=(28, 28, 1), option
     key = jax.random.key(1)
     # A fresh function object per variant: the knobs are read at trace time.
     jitted = jax.jit(lambda s, b, k: train_step(s, b, k), donate_argnums=0,
-                     compiler_options=options or None)
+                     compiler_options=options or {})
     with knobs(settings):
         compiled = jitted.lower(state, data, key).compile()
     cost = compiled.cost_analysis()
@@ -215,7 +215,7 @@ def profile_model(model_name, batch):
                     return pool(x, p, padding=kw.get("padding", "valid").upper(), impl=impl)
 
                 argnums, args = (0,), (x,)
-            options = ops.compiler_options(impl) or None
+            options = ops.compiler_options(impl)
             fwd = jax.jit(f, compiler_options=options)
             y = fwd(*args)
             dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)

@@ -70,7 +70,7 @@ def run(examples: int = 2048, batch_size: int = 128, rounds: int = 15, model_nam
         for idx in perm.reshape(spe, batch_size)]
     # Compiled with the model path's XLA options, as fit compiles its steps.
     bare_step = jax.jit(train_step, donate_argnums=0,
-                        compiler_options=ops.compiler_options(model.impl) or None)
+                        compiler_options=ops.compiler_options(model.impl))
     dropout_key = jax.device_put(keys.dropout, device)
 
     def time_bare():

@@ -640,7 +640,7 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
         with _compile_cache(config.compilation_cache) as events:
             start = time.perf_counter()
             lowered = jax.jit(fn, donate_argnums=donate,
-                              compiler_options=options or None).lower(*abstract)
+                              compiler_options=options).lower(*abstract)
             row["lower_seconds"] = time.perf_counter() - start
             compiled = lowered.compile()
             row["compile_seconds"] = time.perf_counter() - start
@@ -659,7 +659,7 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
         # the FLOPs of one step come from the single step's own compiled
         # program (compiled, not just lowered: as in step mode, the count is
         # of the optimised program).
-        flops = _cost_flops(jax.jit(single, compiler_options=options or None)
+        flops = _cost_flops(jax.jit(single, compiler_options=options)
                             .lower(*abstract).compile().cost_analysis())
     if flops:
         row.update(flops_per_step=flops, flops_source="xla_cost_analysis")

@@ -699,14 +699,8 @@ def _fast_avg_pool(x, window, padding):
     geometry = _pool_pads(tuple(x.shape[1:3]), window, padding)
     (lo_h, hi_h, ho), (lo_w, hi_w, wo) = geometry
     xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-    n, c = x.shape[0], x.shape[3]
-    total = None
-    for a in range(window[0]):
-        for b in range(window[1]):
-            view = lax.slice(xp, (0, a, b, 0),
-                             (n, a + (ho - 1) * window[0] + 1, b + (wo - 1) * window[1] + 1, c),
-                             (1, window[0], window[1], 1))
-            total = view if total is None else total + view
+    # The window offsets' strided views, as a convolution's kernel offsets.
+    total = functools.reduce(lax.add, _shifts(xp, window, (ho, wo), window))
     if max(lo_h, hi_h, lo_w, hi_w) <= 0:
         return total / (window[0] * window[1])
     # Padded positions do not count: divide each window by its real elements.

@@ -351,7 +351,7 @@ def evaluate(
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     batch_size = min(batch_size, n) if mesh is None else batch_size
     sharding = shd.batch_sharding(mesh) if mesh is not None else None
-    eval_fn = _compiled("eval", state)
+    eval_fn = _compiled("eval", model_impl(state))
     totals = []
     for start in range(0, n, batch_size):
         images = split.images[start:start + batch_size]
@@ -418,7 +418,7 @@ def predict(
     preprocess = preprocess or Preprocess(1.0, (0.0,) * x.shape[-1], (1.0,) * x.shape[-1])
     n = len(x)
     batch_size = min(batch_size, n)
-    predict_fn = _compiled("predict", state)
+    predict_fn = _compiled("predict", model_impl(state))
     out = []
     for start in range(0, n, batch_size):
         chunk = _pad(x[start:start + batch_size], batch_size)
@@ -543,9 +543,8 @@ def model_impl(state) -> str:
     return getattr(getattr(state.apply_fn, "model", None), "impl", "auto")
 
 
-def _compiled(name: str, state_or_impl) -> Callable:
-    """The jitted ``name`` function, compiled with the XLA options of the model's impl."""
-    impl = state_or_impl if isinstance(state_or_impl, str) else model_impl(state_or_impl)
+def _compiled(name: str, impl: str) -> Callable:
+    """The jitted ``name`` function, compiled with the XLA options of ``impl``."""
     return _jitted(name, tuple(sorted(ops.compiler_options(impl).items())))
 
 
@@ -554,7 +553,7 @@ def _compiled(name: str, state_or_impl) -> Callable:
 @functools.lru_cache(maxsize=None)
 def _jitted(name: str, options: tuple) -> Callable:
     fn, kwargs = _JIT_SPECS[name]
-    return jax.jit(fn, compiler_options=dict(options) or None, **kwargs)
+    return jax.jit(fn, compiler_options=dict(options), **kwargs)
 
 
 def _zero_acc():

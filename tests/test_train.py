@@ -187,7 +187,7 @@ def test_compiled_steps_take_the_xla_options_of_the_models_path():
                                    optax.adam(1e-2), jax.random.key(0))
         assert train.model_impl(state) == impl
         for name in ("loop", "stream", "eval", "predict"):
-            fn = train._compiled(name, state)
+            fn = train._compiled(name, train.model_impl(state))
             assert fn is train._jitted(name, tuple(sorted(ops.compiler_options(impl).items())))
     # Different options, different compiled functions (where this jaxlib knows them).
     if ops.compiler_options("fast"):
