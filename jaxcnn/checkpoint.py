@@ -948,7 +948,8 @@ def load(workdir: str, which: int | str | None = "best", sharding=None) -> Resto
       >>> from jaxcnn.config import override
       >>> from jaxcnn.run import train_and_evaluate
       >>> d = tempfile.mkdtemp()
-      >>> cfg = override(Config(), {"train.epochs": 1, "data.validation_fraction": 0.0})
+      >>> cfg = override(Config(), {"train.epochs": 1, "train.num_devices": 1,
+      ...                           "data.validation_fraction": 0.0})
       >>> _ = train_and_evaluate(cfg, d, progress=False)
       >>> r = load(d, "latest")
       >>> r.step, r.image_shape

@@ -151,7 +151,8 @@ def predict_files(workdir: str, paths: Sequence[str], *, which="best", k: int = 
       >>> from jaxcnn.config import Config, override
       >>> from jaxcnn.run import train_and_evaluate
       >>> d = tempfile.mkdtemp()
-      >>> _ = train_and_evaluate(override(Config(), {"train.epochs": 1}), d, progress=False)
+      >>> cfg = override(Config(), {"train.epochs": 1, "train.num_devices": 1})
+      >>> _ = train_and_evaluate(cfg, d, progress=False)
       >>> p = os.path.join(d, "x.npy"); np.save(p, np.zeros((8, 8), np.float32))
       >>> len(predict_files(d, [p], k=3)["predictions"][0]["top_k"])
       3

@@ -177,7 +177,7 @@ def train_and_evaluate(
     Example:
       >>> import tempfile
       >>> from jaxcnn.config import override
-      >>> cfg = override(Config(), {"train.epochs": 1})
+      >>> cfg = override(Config(), {"train.epochs": 1, "train.num_devices": 1})
       >>> out = train_and_evaluate(cfg, tempfile.mkdtemp(), progress=False)
       >>> 0.0 <= out["test_accuracy"] <= 1.0
       True
