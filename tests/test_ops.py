@@ -202,6 +202,40 @@ def test_model_impl_reaches_every_layer(name):
         assert ("reduce_window" in jaxpr) == (not fast)
 
 
+@pytest.mark.parametrize("winners", [True, False])
+@pytest.mark.parametrize("layers", ["conv", "conv-relu", "conv-relu-conv"])
+@pytest.mark.parametrize("x_shape,padding", [((32, 8, 8, 1), "SAME"), ((8, 11, 9, 3), "VALID"),
+                                             ((16, 28, 28, 1), "SAME")])
+def test_jitted_gradient_of_conv_then_pool_matches_autodiff(x_shape, padding, layers, winners,
+                                                           monkeypatch):
+    """The gradient of a whole jitted conv -> ReLU -> pool stack, as in a train step.
+
+    XLA fuses the image conv into the pool's consumers, each evaluating it on
+    its own; the pool must pick its winners from one evaluation (a pooled
+    max compared with a re-evaluated input once matched no element).
+    """
+    monkeypatch.setattr(ops, "_POOL_WINNERS", winners)
+    c = x_shape[3]
+    params = {"w1": _rand((3, 3, c, 8), seed=1), "b1": _rand((8,), seed=2),
+              "w2": _rand((3, 3, 8, 4), seed=3)}
+    x = _rand(x_shape, seed=4)
+
+    def loss(impl):
+        def f(p, x):  # x an argument, as in a train step (a constant folds differently)
+            h = ops.conv2d(x, p["w1"], padding=padding, impl=impl) + p["b1"]
+            h = ops.max_pool(jax.nn.relu(h) if "relu" in layers else h, impl=impl)
+            if layers.endswith("-conv"):
+                h = ops.max_pool(jax.nn.relu(ops.conv2d(h, p["w2"], padding="SAME", impl=impl)),
+                                 impl=impl)
+            return jnp.sum(jnp.sin(h))
+        return f
+
+    reference = jax.jit(jax.grad(loss("xla")))(params, x)
+    fast = jax.jit(jax.grad(loss("fast")))(params, x)
+    for name in (("w1", "b1", "w2") if layers.endswith("-conv") else ("w1", "b1")):
+        assert _rel_err(reference[name], fast[name]) <= 1e-5, name
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
