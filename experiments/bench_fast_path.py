@@ -60,6 +60,9 @@ VARIANTS = {
     "fast_xla_avg_pool": ("fast", {"_FAST_AVG_POOL": False}, "path"),
     # Shifted-input (im2col) weight gradient for every conv, however wide.
     "fast_all_convs": ("fast", {"_FAST_MAX_CIN": 1 << 30}, "path"),
+    # The step as micro-batches, one after the other (jaxcnn.train.train_step).
+    "fast_micro2": ("fast", {"micro_batches": 2}, "path"),
+    "fast_micro4": ("fast", {"micro_batches": 4}, "path"),
     # Only the max-pool gradient replaced.
     "fast_pools_only": ("fast", {"_FAST_MAX_CIN": 0}, "path"),
 }
@@ -104,8 +107,10 @@ def make_step(model_name, impl, settings, batch, image_shape=(28, 28, 1), option
     data = {"image": jnp.asarray(rng.random((batch, *image_shape)), jnp.float32),
             "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
     key = jax.random.key(1)
+    settings = dict(settings)
+    micro = settings.pop("micro_batches", 1)
     # A fresh function object per variant: the knobs are read at trace time.
-    jitted = jax.jit(lambda s, b, k: train_step(s, b, k), donate_argnums=0,
+    jitted = jax.jit(lambda s, b, k: train_step(s, b, k, micro_batches=micro), donate_argnums=0,
                      compiler_options=options or {})
     with knobs(settings):
         compiled = jitted.lower(state, data, key).compile()

@@ -65,7 +65,7 @@ from jaxcnn.compare import (ComparisonError, check_param_counts, is_oom_message,
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.models import build_model, summary, to_spec
 from jaxcnn.ops import compiler_options, paths, resolve_impl
-from jaxcnn.train import create_train_state, eval_step, train_step
+from jaxcnn.train import create_train_state, eval_step, resolve_micro_batches, train_step
 
 WHATS = ("train", "infer", "eval")
 MODES = ("step", "scan")
@@ -110,6 +110,9 @@ class BenchConfig:
         to logits) or ``"eval"`` (forward, loss and accuracy).
       impl: conv/pool implementation, ``"auto"``, ``"xla"`` or ``"fast"``
         (:mod:`jaxcnn.ops`).
+      micro_batches: ``"auto"`` or how many micro-batches a training step
+        runs as (:func:`jaxcnn.train.resolve_micro_batches`; 1: one pass), as
+        ``jaxcnn train`` does.
       learning_rate: Adam's learning rate (every framework uses it).
       seed: seed of the parameters and the random batch.
       compilation_cache: keep JAX's persistent compilation cache on while
@@ -131,6 +134,7 @@ class BenchConfig:
     mode: str = "step"
     what: str = "train"
     impl: str = "auto"
+    micro_batches: int | str = "auto"
     learning_rate: float = 1e-3
     seed: int = 0
     compilation_cache: bool = False
@@ -155,6 +159,9 @@ class BenchConfig:
              f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}"),
             (self.impl in ("auto", "xla", "fast"),
              f"impl must be auto, xla or fast; got {self.impl!r}"),
+            (self.micro_batches == "auto" or (isinstance(self.micro_batches, int)
+                                              and self.micro_batches >= 1),
+             f"micro_batches must be auto or an int >= 1; got {self.micro_batches!r}"),
             (int(self.num_classes) >= 2, f"num_classes must be >= 2; got {self.num_classes}"),
             (int(self.steps) >= 1, f"steps must be >= 1; got {self.steps}"),
             (int(self.repeats) >= 1, f"repeats must be >= 1; got {self.repeats}"),
@@ -474,15 +481,16 @@ def _cost_flops(analysis) -> float | None:
 # The step functions
 
 
-def _step_functions(model, config: BenchConfig):
+def _step_functions(model, config: BenchConfig, micro_batches: int = 1):
     """Returns ``(fn, single_step_fn, donate)`` for ``config.what`` and ``config.mode``.
 
     ``fn`` takes ``(state, batch, key)`` and runs one step (or ``steps``
     steps under scan); ``single_step_fn`` is one step, for the FLOP count.
+    Training steps run as ``micro_batches`` micro-batches.
     """
     if config.what == "train":
         def one(state, batch, key):
-            return train_step(state, batch, key)
+            return train_step(state, batch, key, micro_batches=micro_batches)
     elif config.what == "eval":
         def one(state, batch, key):
             return state, eval_step(state, batch)
@@ -536,7 +544,7 @@ def describe_paths(model, input_shape, *, train: bool = True) -> str:
 
 def _row_base(config: BenchConfig, batch_size: int) -> dict[str, Any]:
     keys = ("framework", "framework_version", "framework_detail", "model", "spec", "what",
-            "mode", "batch_size", "dtype", "impl", "impl_requested", "op_paths",
+            "mode", "batch_size", "dtype", "impl", "impl_requested", "micro_batches", "op_paths",
             "compiler_options", "input_shape",
             "num_classes", "params", "status", "error", "round", "steps", "repeats", "warmup",
             "compile_seconds", "lower_seconds", "compilation_cache", "first_call_seconds",
@@ -627,7 +635,10 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
         # Inference and evaluation need no optimiser state; leaving it out
         # keeps it out of the memory figures too.
         state = state.replace(opt_state=())
-    fn, single, donate = _step_functions(model, config)
+    k = (resolve_micro_batches(batch_size, config.micro_batches, config.impl)
+         if config.what == "train" else 1)
+    row["micro_batches"] = k
+    fn, single, donate = _step_functions(model, config, k)
     # The XLA options that belong to the conv/pool path (jaxcnn.ops.compiler_options).
     options = compiler_options(config.impl)
     row["compiler_options"] = options
@@ -968,6 +979,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "batch_size": first.get("batch_size"), "device_kind": first.get("device_kind"),
             "params": first.get("params"), "rounds": len(members),
             "impl": first.get("impl"), "op_paths": first.get("op_paths"),
+            "micro_batches": first.get("micro_batches"),
             "status": "ok" if ok else (first.get("status") or "error"),
             "error": None if ok else first.get("error"),
         }
@@ -1036,6 +1048,8 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
             mode = a.get("mode") or "-"
             if a["framework"] == "jaxcnn" and a.get("impl"):
                 mode = f"{mode} {a['impl']}"
+            if a["framework"] == "jaxcnn" and (a.get("micro_batches") or 1) > 1:
+                mode = f"{mode} {a['micro_batches']}x{a['batch_size'] // a['micro_batches']}"
             cells = (
                 a["framework"], mode, str(a["batch_size"]),
                 _fmt(a["compile_seconds"], ".2f"),

@@ -76,6 +76,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--num-devices", type=int, help="devices to shard each batch over")
     p.add_argument("--dtype", help="computation dtype: float32 or bfloat16")
     p.add_argument("--impl", help="conv/pool implementation: auto, xla, fast")
+    p.add_argument("--micro-batches", metavar="K",
+                   help="run each step as K micro-batches, one update (auto: about 32 images "
+                        "each on the CPU fast path; 1: off)")
     p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable)")
@@ -120,6 +123,7 @@ def config_from_args(args: argparse.Namespace):
         "train.num_devices": args.num_devices,
         "model.dtype": args.dtype,
         "model.impl": args.impl,
+        "train.micro_batches": getattr(args, "micro_batches", None),
     }
     updates = {k: v for k, v in flags.items() if v is not None}
     updates.update(parse_overrides(args.set))
@@ -355,6 +359,9 @@ def _add_bench_parser(sub) -> None:
                    help="training step, inference (forward) or evaluation (forward + loss)")
     p.add_argument("--impl", default="auto", choices=("auto", "xla", "fast"),
                    help="conv/pool implementation (auto: the fast CPU path on CPU)")
+    p.add_argument("--micro-batches", default="auto", metavar="K",
+                   help="run each training step as K micro-batches, as `jaxcnn train` does "
+                        "(auto: about 32 images each on the CPU fast path; 1: off)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
     p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
     p.add_argument("--rounds", type=int, default=1,
@@ -383,6 +390,19 @@ def _add_bench_parser(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _micro_batches_arg(value: str) -> int | str:
+    """``--micro-batches``: ``auto`` or a positive int."""
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise JaxcnnError(f"--micro-batches must be auto or an int >= 1 (1: off); got {value!r}")
+    return k
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import os
 
@@ -408,7 +428,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model=args.model or args.spec or "keras_convnet", input_shape=input_shape,
         num_classes=classes, batch_sizes=_parse_batch_sizes(args.batch_sizes),
         dtype=args.dtype, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
-        mode=args.mode, what=args.what, impl=args.impl, learning_rate=args.lr, seed=args.seed,
+        mode=args.mode, what=args.what, impl=args.impl,
+        micro_batches=_micro_batches_arg(args.micro_batches), learning_rate=args.lr, seed=args.seed,
         compilation_cache=args.keep_compilation_cache)
     from jaxcnn.compare import parse_frameworks
 

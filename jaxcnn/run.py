@@ -37,7 +37,8 @@ from jaxcnn.errors import ConfigError, JaxcnnError
 from jaxcnn.models import Sequential, build_model, summary, to_spec
 from jaxcnn.pipeline import fit_options
 from jaxcnn.train import (FitResult, TrainState, create_train_state, evaluate, fit,
-                          learning_rate_schedule, make_optimizer, split_keys)
+                          learning_rate_schedule, make_optimizer, resolve_micro_batches,
+                          split_keys)
 
 log = logging.getLogger("jaxcnn")
 
@@ -118,6 +119,9 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     summary(model, dataset.image_shape)  # raises ShapeError naming the layer that does not fit
     mesh = shd.make_mesh(config.train.num_devices)
     shd.check_batch_size(config.data.batch_size, mesh)
+    # A bad micro-batch setting fails here, before any data moves.
+    resolve_micro_batches(config.data.batch_size, config.train.micro_batches, config.model.impl,
+                          num_devices=mesh.devices.size)
     steps_per_epoch = len(dataset.train) // config.data.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -237,6 +241,7 @@ def train_and_evaluate(
             restore_best=config.train.restore_best,
             log_every_seconds=config.train.log_every_seconds,
             callbacks=callbacks, history=history, progress=progress,
+            micro_batches=config.train.micro_batches,
             **fit_options(config.data, run.dataset.image_shape))
     # Leaving the block waited for the last checkpoint write (and raised if it failed).
     train_seconds = time.perf_counter() - t_fit

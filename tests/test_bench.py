@@ -66,6 +66,20 @@ def test_every_figure_present_and_positive(train_row):
     for lib in ("jax", "jaxlib", "flax"):
         assert row["versions"][lib]
     assert "git_commit" in row and row["peak_source"] == "given"
+    assert row["micro_batches"] == 1  # batch 8: one pass
+
+
+def test_train_steps_run_as_micro_batches_like_jaxcnn_train():
+    from jaxcnn.train import resolve_micro_batches
+
+    cfg = tiny_config(micro_batches=2)
+    row = bench.bench_one(cfg, 8, peak=PEAK)
+    assert row["status"] == "ok" and row["micro_batches"] == 2
+    assert f"step {row['impl']} 2x4" in bench.format_table([row])
+    auto = bench.bench_one(tiny_config(), 64, peak=PEAK)
+    assert auto["micro_batches"] == resolve_micro_batches(64, "auto", "auto")
+    with pytest.raises(bench.BenchError, match="micro_batches"):
+        tiny_config(micro_batches=0)
 
 
 def test_training_flops_are_about_three_forward_passes():

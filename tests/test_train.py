@@ -9,8 +9,8 @@ from jaxcnn.data import Preprocess, from_arrays, load_dataset
 from jaxcnn.errors import ConfigError, NonFiniteLossError
 from jaxcnn.models import build_model
 from jaxcnn.run import prepare, train_and_evaluate
-from jaxcnn.train import (create_train_state, eval_step, evaluate, fit, make_optimizer, predict,
-                          split_keys, train_step, learning_rate_schedule)
+from jaxcnn.train import (create_train_state, cross_entropy, eval_step, evaluate, fit,
+                          make_optimizer, predict, split_keys, train_step, learning_rate_schedule)
 
 SMALL = "conv(8, 3, padding=same) maxpool(2) dropout(0.25) flatten dense(16, relu) softmax"
 
@@ -192,3 +192,105 @@ def test_compiled_steps_take_the_xla_options_of_the_models_path():
     # Different options, different compiled functions (where this jaxlib knows them).
     if ops.compiler_options("fast"):
         assert train._compiled("eval", "fast") is not train._compiled("eval", "xla")
+
+
+# --- micro-batches -----------------------------------------------------------------
+
+
+def _batch(ds, n):
+    pre = Preprocess.fit(ds.train.images)
+    return {"image": pre(ds.train.images[:n]), "label": ds.train.labels[:n]}
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_micro_batches_without_dropout_equal_one_pass(digits, k):
+    """Without dropout the micro-batched step is the one-pass step up to float rounding."""
+    spec = "conv(8, 3, padding=same) maxpool(2) flatten dense(16, relu) softmax"
+    # SGD: the update is the gradient itself (Adam's first step is its sign,
+    # which rounding flips where a gradient is near 0).
+    state = create_train_state(build_model(spec, 10), digits.image_shape, optax.sgd(0.1),
+                               jax.random.key(0))
+    batch = _batch(digits, 66)  # 66 / 3 and 66 / 4: unequal micro-batches too
+    step = jax.jit(train_step, static_argnames="micro_batches")
+    one, m1 = step(state, batch, jax.random.key(0), micro_batches=1)
+    many, mk = step(state, batch, jax.random.key(0), micro_batches=k)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(mk["loss"]), float(m1["loss"]), rtol=1e-6)
+    assert float(mk["accuracy"]) == float(m1["accuracy"])
+
+
+def test_micro_batches_sum_the_gradients_of_their_own_dropout_keys(digits):
+    """Micro-batch i draws its masks from fold_in(fold_in(key, step), i); one update."""
+    state = create_train_state(build_model(SMALL, 10), digits.image_shape, optax.sgd(0.1),
+                               jax.random.key(0))
+    batch = _batch(digits, 64)
+    key = jax.random.key(5)
+    new, m = jax.jit(train_step, static_argnames="micro_batches")(state, batch, key,
+                                                                  micro_batches=2)
+    step_key = jax.random.fold_in(key, state.step)
+
+    def half_loss(params, i):
+        x, y = batch["image"][32 * i:32 * (i + 1)], batch["label"][32 * i:32 * (i + 1)]
+        logits = state.apply_fn({"params": params}, x, train=True,
+                                rngs={"dropout": jax.random.fold_in(step_key, i)})
+        return cross_entropy(logits, y).sum() / 64
+
+    grads = jax.tree.map(jnp.add, *(jax.grad(half_loss)(state.params, i) for i in (0, 1)))
+    expected = state.apply_gradients(grads=grads)
+    for a, b in zip(jax.tree.leaves(expected.params), jax.tree.leaves(new.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    assert int(new.step) == 1
+    loss = sum(float(half_loss(state.params, i)) for i in (0, 1))
+    np.testing.assert_allclose(float(m["loss"]), loss, rtol=1e-5)
+
+
+def test_resolve_micro_batches():
+    from jaxcnn.train import resolve_micro_batches as r
+
+    assert [r(b, impl="fast", backend="cpu") for b in (32, 63, 64, 100, 128, 512)] == \
+        [1, 1, 2, 3, 4, 4]
+    assert r(128, impl="auto", backend="cpu") == r(128, impl="fast", backend="cpu") == 4
+    assert r(128, impl="xla", backend="cpu") == 1  # the plain path keeps one pass
+    assert r(128, impl="auto", backend="gpu") == r(128, impl="auto", backend="tpu") == 1
+    assert r(128, impl="fast", backend="cpu", num_devices=2) == 1
+    assert r(128, 1, impl="fast", backend="cpu") == 1  # forced off
+    assert r(128, 8, impl="xla", backend="gpu") == 8  # forced on
+    for bad in (0, -1, "two", 2.0, True):
+        with pytest.raises(ConfigError, match="micro_batches"):
+            r(128, bad)
+    with pytest.raises(ConfigError, match="more than the batch size"):
+        r(16, 17)
+    with pytest.raises(ConfigError, match="num_devices=1"):
+        r(128, 2, num_devices=2)
+
+
+def test_micro_batches_config_and_cli():
+    from jaxcnn.cli import build_parser, config_from_args
+
+    assert override(Config(), {"train.micro_batches": "2"}).train.micro_batches == 2
+    assert override(Config(), {"train.micro_batches": "auto"}).train.micro_batches == "auto"
+    with pytest.raises(ConfigError, match="train.micro_batches"):
+        override(Config(), {"train.micro_batches": "0"})
+    args = build_parser().parse_args(["train", "--micro-batches", "3"])
+    assert config_from_args(args).train.micro_batches == 3
+
+
+def test_fit_with_forced_micro_batches_learns_and_resumes_exactly(digits):
+    """A run that stops and continues equals one run, with micro-batches as without."""
+    keys, pre = split_keys(0), Preprocess.fit(digits.train.images)
+    kw = dict(keys=keys, epochs=2, batch_size=64, preprocess=pre, progress=False,
+              micro_batches=3)
+    whole = fit(_state(digits), digits, **kw)
+    assert whole.history[-1]["loss"] < 0.9 * whole.history[0]["loss"]
+
+    class StopAt:
+        def on_train_start(self, s): pass
+        def on_step_end(self, s, step): return step == 20
+        def on_epoch_end(self, s, r): pass
+        def on_train_end(self, s, h): pass
+
+    part = fit(_state(digits), digits, callbacks=[StopAt()], **kw)
+    rest = fit(part.state, digits, **kw)
+    for x, y in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(rest.state.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
