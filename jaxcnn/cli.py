@@ -77,7 +77,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--dtype", help="computation dtype: float32 or bfloat16")
     p.add_argument("--impl", help="conv/pool implementation: auto, xla, fast")
     p.add_argument("--micro-batches", metavar="K",
-                   help="run each step as K micro-batches, one update (auto: about 32 images "
+                   help="run each step as K micro-batches, one update (auto: 32-64 images "
                         "each on the CPU fast path; 1: off)")
     p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -361,7 +361,7 @@ def _add_bench_parser(sub) -> None:
                    help="conv/pool implementation (auto: the fast CPU path on CPU)")
     p.add_argument("--micro-batches", default="auto", metavar="K",
                    help="run each training step as K micro-batches, as `jaxcnn train` does "
-                        "(auto: about 32 images each on the CPU fast path; 1: off)")
+                        "(auto: 32-64 images each on the CPU fast path; 1: off)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
     p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
     p.add_argument("--rounds", type=int, default=1,

@@ -218,8 +218,8 @@ class TrainConfig:
       num_devices: devices to shard each batch over (None: all local devices).
       micro_batches: ``auto`` or how many micro-batches each step runs as,
         one after the other, with one update from their summed gradients
-        (1: the whole batch in one pass). ``auto`` splits batches of 64 and
-        more into micro-batches of about 32 images on the CPU fast path,
+        (1: the whole batch in one pass). ``auto`` splits batches of 64 to
+        256 images into micro-batches of 32-64 images on the CPU fast path,
         where that ran faster (:func:`jaxcnn.train.resolve_micro_batches`).
 
     Example:

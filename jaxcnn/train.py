@@ -242,9 +242,9 @@ def resolve_micro_batches(batch_size: int, setting: int | str = "auto", impl: st
     """How many micro-batches a training step of ``batch_size`` images runs as.
 
     ``"auto"``: on the CPU fast path (``impl`` resolving to ``"fast"``) with
-    one device, micro-batches of about :data:`MICRO_BATCH_IMAGES` images, at
-    most :data:`MAX_MICRO_BATCHES`; 1 (the whole batch in one pass)
-    elsewhere. An int forces that many (1: off).
+    one device, batches of 64 to 256 images run as 2-4 micro-batches of 32
+    to 64 images (``min(batch // 32, 4)``); 1 (the whole batch in one pass)
+    for other sizes and elsewhere. An int forces that many (1: off).
 
     Args:
       batch_size: the training batch size.
@@ -263,8 +263,9 @@ def resolve_micro_batches(batch_size: int, setting: int | str = "auto", impl: st
     Example:
       >>> resolve_micro_batches(128, impl="fast", backend="cpu")
       4
-      >>> resolve_micro_batches(32, impl="fast", backend="cpu")
-      1
+      >>> resolve_micro_batches(32, impl="fast", backend="cpu"), resolve_micro_batches(
+      ...     512, impl="fast", backend="cpu")
+      (1, 1)
       >>> resolve_micro_batches(128, backend="gpu"), resolve_micro_batches(128, 2, backend="gpu")
       (1, 2)
     """
@@ -272,7 +273,12 @@ def resolve_micro_batches(batch_size: int, setting: int | str = "auto", impl: st
         backend = backend or jax.default_backend()
         if num_devices > 1 or backend != "cpu" or ops.resolve_impl(impl, backend) != "fast":
             return 1
-        return max(1, min(batch_size // MICRO_BATCH_IMAGES, MAX_MICRO_BATCHES))
+        k = batch_size // MICRO_BATCH_IMAGES
+        if k > MAX_MICRO_BATCHES:
+            # Micro-batches of more than 64 images were not measured to pay.
+            return MAX_MICRO_BATCHES if batch_size <= 2 * MICRO_BATCH_IMAGES * MAX_MICRO_BATCHES \
+                else 1
+        return max(k, 1)
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ConfigError(f"train.micro_batches must be 'auto' or an int >= 1 (1: the whole "
                           f"batch in one pass); got {setting!r}")
