@@ -390,19 +390,6 @@ def _add_bench_parser(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _micro_batches_arg(value: str) -> int | str:
-    """``--micro-batches``: ``auto`` or a positive int."""
-    if value == "auto":
-        return value
-    try:
-        k = int(value)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise JaxcnnError(f"--micro-batches must be auto or an int >= 1 (1: off); got {value!r}")
-    return k
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     import os
 
@@ -429,7 +416,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         num_classes=classes, batch_sizes=_parse_batch_sizes(args.batch_sizes),
         dtype=args.dtype, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
         mode=args.mode, what=args.what, impl=args.impl,
-        micro_batches=_micro_batches_arg(args.micro_batches), learning_rate=args.lr, seed=args.seed,
+        # An int where the text is one; BenchConfig refuses anything else but "auto".
+        micro_batches=int(args.micro_batches) if args.micro_batches.isdigit()
+        else args.micro_batches, learning_rate=args.lr, seed=args.seed,
         compilation_cache=args.keep_compilation_cache)
     from jaxcnn.compare import parse_frameworks
 

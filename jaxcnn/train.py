@@ -227,18 +227,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 # Micro-batching. On XLA's CPU backend a training step of 128 images ran
-# 1.07-1.17x faster as 4 micro-batches of 32, one after the other, than in
-# one pass (keras_convnet, seed_cnn, flax_cnn; 16 images per micro-batch was
-# no faster than the whole batch, and a lax.scan over micro-batches ran 10x
-# slower): the activations of a micro-batch stay in the caches. Each
-# micro-batch is a copy of the model in the compiled step, hence the cap.
+# faster as 4 micro-batches of 32, one after the other, than in one pass
+# (keras_convnet 1.61x, seed_cnn 1.12x, flax_cnn 1.02x; 16 images per
+# micro-batch was no faster than the whole batch, and a lax.scan over
+# micro-batches ran 10x slower): the activations of a micro-batch stay in
+# the caches. Each micro-batch is a copy of the model in the compiled step,
+# hence the cap. Measurements: docs/benchmarks.md, "Micro-batches".
 MICRO_BATCH_IMAGES = 32
 MAX_MICRO_BATCHES = 4
-NOBAR = False
 
 
 def resolve_micro_batches(batch_size: int, setting: int | str = "auto", impl: str = "auto", *,
-                  num_devices: int = 1, backend: str | None = None) -> int:
+                          num_devices: int = 1, backend: str | None = None) -> int:
     """How many micro-batches a training step of ``batch_size`` images runs as.
 
     ``"auto"``: on the CPU fast path (``impl`` resolving to ``"fast"``) with
@@ -350,7 +350,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
         if grads is not None:
             # The next micro-batch starts once this one's gradient exists, so
             # XLA runs them one after the other rather than interleaved.
-            grads, x = (grads, x) if NOBAR else jax.lax.optimization_barrier((grads, x))
+            grads, x = jax.lax.optimization_barrier((grads, x))
         (part_loss, logits), part_grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, x, y, k)
         grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
