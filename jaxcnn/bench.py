@@ -117,6 +117,9 @@ class BenchConfig:
       seed: seed of the parameters and the random batch.
       compilation_cache: keep JAX's persistent compilation cache on while
         compiling (the compile time may then be a cache read).
+      reuse_host_memory: ``"auto"``, True or False, as ``jaxcnn train``
+        applies it (:func:`jaxcnn.env.reuse_host_memory_for`); process-wide,
+        so once on it stays on for later measurements in the process.
 
     Example:
       >>> BenchConfig(batch_sizes=(32, 128)).batch_sizes
@@ -138,6 +141,7 @@ class BenchConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     compilation_cache: bool = False
+    reuse_host_memory: bool | str = "auto"
 
     def __post_init__(self):
         shape = tuple(int(d) for d in self.input_shape)
@@ -162,6 +166,8 @@ class BenchConfig:
             (self.micro_batches == "auto" or (isinstance(self.micro_batches, int)
                                               and self.micro_batches >= 1),
              f"micro_batches must be auto or an int >= 1; got {self.micro_batches!r}"),
+            (isinstance(self.reuse_host_memory, bool) or self.reuse_host_memory == "auto",
+             f"reuse_host_memory must be auto, True or False; got {self.reuse_host_memory!r}"),
             (int(self.num_classes) >= 2, f"num_classes must be >= 2; got {self.num_classes}"),
             (int(self.steps) >= 1, f"steps must be >= 1; got {self.steps}"),
             (int(self.repeats) >= 1, f"repeats must be >= 1; got {self.repeats}"),
@@ -545,7 +551,7 @@ def describe_paths(model, input_shape, *, train: bool = True) -> str:
 def _row_base(config: BenchConfig, batch_size: int) -> dict[str, Any]:
     keys = ("framework", "framework_version", "framework_detail", "model", "spec", "what",
             "mode", "batch_size", "dtype", "impl", "impl_requested", "micro_batches", "op_paths",
-            "compiler_options", "input_shape",
+            "compiler_options", "host_memory", "input_shape",
             "num_classes", "params", "status", "error", "round", "steps", "repeats", "warmup",
             "compile_seconds", "lower_seconds", "compilation_cache", "first_call_seconds",
             "step_seconds", "step_seconds_median", "step_seconds_min", "step_seconds_max",
@@ -662,6 +668,9 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
             raise
         row.update(status="oom", error=f"out of memory while compiling: {str(e)[:300]}")
         return row
+    # As `jaxcnn train` does; it changes CPU step times, so the row records it.
+    env.reuse_host_memory_for(compiled, config.reuse_host_memory)
+    row["host_memory"] = env.host_memory_state()
 
     if config.mode == "step":
         flops = _cost_flops(compiled.cost_analysis())
@@ -980,6 +989,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "params": first.get("params"), "rounds": len(members),
             "impl": first.get("impl"), "op_paths": first.get("op_paths"),
             "micro_batches": first.get("micro_batches"),
+            "host_memory": first.get("host_memory"),
             "status": "ok" if ok else (first.get("status") or "error"),
             "error": None if ok else first.get("error"),
         }
@@ -1063,7 +1073,10 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
     notes_by_group: dict[tuple, str] = {}
     for a in agg:
         if a["framework"] == "jaxcnn" and a.get("op_paths"):
-            notes_by_group.setdefault(_group_key(a), "jaxcnn ops: " + a["op_paths"])
+            note = "jaxcnn ops: " + a["op_paths"]
+            if a.get("host_memory"):
+                note += f"; host memory: {a['host_memory']}"
+            notes_by_group.setdefault(_group_key(a), note)
     out = []
     for (model, what, dtype, kind), body in lines_by_group.items():
         note = notes_by_group.get((model, what, dtype, kind))

@@ -79,6 +79,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--micro-batches", metavar="K",
                    help="run each step as K micro-batches, one update (auto: 32-64 images "
                         "each on the CPU fast path; 1: off)")
+    p.add_argument("--reuse-host-memory", choices=("auto", "on", "off"),
+                   help="keep freed host memory for the next step (glibc; auto: for a CPU "
+                        "step with more than 32 MiB of temporaries; train.reuse_host_memory)")
     p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable)")
@@ -124,6 +127,7 @@ def config_from_args(args: argparse.Namespace):
         "model.dtype": args.dtype,
         "model.impl": args.impl,
         "train.micro_batches": getattr(args, "micro_batches", None),
+        "train.reuse_host_memory": _HOST_MEMORY.get(getattr(args, "reuse_host_memory", None)),
     }
     updates = {k: v for k, v in flags.items() if v is not None}
     updates.update(parse_overrides(args.set))
@@ -331,6 +335,9 @@ def _parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+_HOST_MEMORY = {"auto": "auto", "on": True, "off": False}
+
+
 def _add_bench_parser(sub) -> None:
     p = sub.add_parser(
         "bench", help="benchmark compile time, throughput, FLOP/s, utilisation and memory",
@@ -362,6 +369,10 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--micro-batches", default="auto", metavar="K",
                    help="run each training step as K micro-batches, as `jaxcnn train` does "
                         "(auto: 32-64 images each on the CPU fast path; 1: off)")
+    p.add_argument("--reuse-host-memory", default="auto", choices=("auto", "on", "off"),
+                   help="keep freed host memory for the next step, as `jaxcnn train` does "
+                        "(glibc; auto: for a CPU step with more than 32 MiB of temporaries; "
+                        "jaxcnn.env.reuse_host_memory)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
     p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
     p.add_argument("--rounds", type=int, default=1,
@@ -419,7 +430,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         # An int where the text is one; BenchConfig refuses anything else but "auto".
         micro_batches=int(args.micro_batches) if args.micro_batches.isdigit()
         else args.micro_batches, learning_rate=args.lr, seed=args.seed,
-        compilation_cache=args.keep_compilation_cache)
+        compilation_cache=args.keep_compilation_cache,
+        reuse_host_memory=_HOST_MEMORY[args.reuse_host_memory])
     from jaxcnn.compare import parse_frameworks
 
     parse_frameworks(args.compare)  # a bad name fails now, not after the first measurements

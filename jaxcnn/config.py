@@ -221,6 +221,10 @@ class TrainConfig:
         (1: the whole batch in one pass). ``auto`` splits batches of 64 to
         256 images into micro-batches of 32-64 images on the CPU fast path,
         where that ran faster (:func:`jaxcnn.train.resolve_micro_batches`).
+      reuse_host_memory: keep freed host memory in the process for reuse
+        (:func:`jaxcnn.env.reuse_host_memory`, process-wide). ``auto``: when
+        the compiled CPU step's temporary buffer is larger than 32 MiB, which
+        glibc would otherwise map afresh and page-fault through every step.
 
     Example:
       >>> TrainConfig(epochs=3).seed
@@ -235,6 +239,7 @@ class TrainConfig:
     log_every_seconds: float = 1.0
     num_devices: int | None = None
     micro_batches: int | str = "auto"
+    reuse_host_memory: bool | str = "auto"
 
     def __post_init__(self):
         _check(isinstance(self.epochs, int) and self.epochs >= 1,
@@ -251,6 +256,9 @@ class TrainConfig:
             and self.micro_batches >= 1),
             f"train.micro_batches must be 'auto' or an int >= 1 (1: the whole batch in one "
             f"pass); got {self.micro_batches!r}")
+        _check(isinstance(self.reuse_host_memory, bool) or self.reuse_host_memory == "auto",
+               f"train.reuse_host_memory must be auto, true or false; got "
+               f"{self.reuse_host_memory!r}")
 
 
 @dataclasses.dataclass(frozen=True)

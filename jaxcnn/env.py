@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.metadata
 import os
@@ -131,3 +132,146 @@ def writable_dir_problem(directory: str) -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+# glibc's mallopt parameters (malloc.h) and their initial values.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+_REUSE = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
+# glibc's mmap threshold rises to the size of each mmapped block freed, but never past
+# 32 MiB (64-bit builds): larger requests always get fresh pages from the kernel.
+MMAP_THRESHOLD_MAX = 32 << 20
+# A thread's own heap ("arena") holds at most 64 MiB: larger blocks that one of XLA's
+# worker threads allocates get fresh pages whatever the settings, unless the process
+# shares one heap (glibc.malloc.arena_max=1 in GLIBC_TUNABLES when it started).
+THREAD_HEAP_MAX = 64 << 20
+_host_memory_state: str | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def _mallopt():
+    """glibc's ``mallopt``, or None where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return fn
+
+
+def reuse_host_memory(enable: bool = True) -> bool:
+    """Makes the C allocator keep freed host memory for reuse (glibc on Linux).
+
+    XLA's CPU runtime allocates every compiled call's temporary buffer with
+    ``malloc`` and frees it when the call returns. glibc serves requests
+    larger than its mmap threshold (never more than 32 MiB,
+    :data:`MMAP_THRESHOLD_MAX`) with fresh pages from the kernel and unmaps
+    them on ``free``, so a step whose temporary buffer is larger page-faults
+    through all of it again on every call: seed_cnn's training step at batch
+    128 (48 MiB of temporaries) spent a third of its time in the kernel that
+    way on 2 cores (docs/benchmarks.md, "Host memory"). With ``enable`` glibc
+    serves large requests from its heaps (``M_MMAP_MAX=0``) and never trims
+    them (``M_TRIM_THRESHOLD``), so the next call reuses the same pages. The
+    process then keeps its peak host memory until it exits, as PyTorch's and
+    TensorFlow's caching allocators do. A thread's own heap holds at most
+    64 MiB (:data:`THREAD_HEAP_MAX`), so a larger buffer that one of XLA's
+    worker threads allocates still gets fresh pages; glibc's single shared
+    heap (``GLIBC_TUNABLES=glibc.malloc.arena_max=1`` when the process
+    starts) covers those too, but it slowed other steps (docs/benchmarks.md).
+
+    It is process-wide. Steps whose temporaries fit under the threshold
+    were measured up to 30% slower with it, so :func:`jaxcnn.train.fit` turns it on
+    only for a step that needs it (``train.reuse_host_memory=auto``, see
+    :func:`reuse_host_memory_for`). ``enable=False`` puts glibc's initial
+    settings back.
+
+    Returns:
+      True where it took effect (glibc), False elsewhere (macOS, musl:
+      nothing changes).
+
+    Example:
+      >>> import platform
+      >>> reuse_host_memory() == (platform.libc_ver()[0] == "glibc")
+      True
+      >>> host_memory_state() in ("reuse", None)
+      True
+    """
+    global _host_memory_state
+    fn = _mallopt()
+    if fn is None:
+        return False
+    for param, value in (_REUSE if enable else _GLIBC_DEFAULTS).items():
+        fn(param, value)
+    _host_memory_state = "reuse" if enable else "default"
+    return True
+
+
+def reuse_host_memory_for(compiled, setting: bool | str = "auto") -> bool:
+    """Applies a ``reuse_host_memory`` setting for a compiled step about to run in a loop.
+
+    ``True`` turns :func:`reuse_host_memory` on, ``False`` leaves the
+    allocator alone, and ``"auto"`` turns it on for a CPU program whose
+    temporary buffer (XLA's memory analysis of ``compiled``) is larger than
+    :data:`MMAP_THRESHOLD_MAX`, the steps that would page-fault through it on
+    every call, and no larger than :data:`THREAD_HEAP_MAX` (a larger buffer
+    gets fresh pages anyway, measured) unless the process shares one heap
+    (``GLIBC_TUNABLES`` with ``glibc.malloc.arena_max=1``).
+
+    Args:
+      compiled: a ``jax.stages.Compiled`` (``jax.jit(f).lower(...).compile()``).
+      setting: ``"auto"``, ``True`` or ``False``.
+
+    Returns:
+      Whether freed memory is being kept for reuse now.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> small = jax.jit(lambda x: x * 2).lower(jnp.ones(1000)).compile()
+      >>> reuse_host_memory_for(small, False) == (host_memory_state() == "reuse")
+      True
+    """
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"reuse_host_memory must be 'auto', True or False; got {setting!r}")
+    if setting == "auto":
+        temp = _temp_bytes(compiled)
+        limit = float("inf") if _single_heap() else THREAD_HEAP_MAX
+        setting = MMAP_THRESHOLD_MAX < temp <= limit and _runs_on_cpu(compiled)
+    if setting:
+        reuse_host_memory()
+    return _host_memory_state == "reuse"
+
+
+def _single_heap() -> bool:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(t.strip() == "glibc.malloc.arena_max=1" for t in tunables.split(":"))
+
+
+def _temp_bytes(compiled) -> int:
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - a backend without memory analysis: nothing to decide on
+        return 0
+    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+
+
+def _runs_on_cpu(compiled) -> bool:
+    import jax
+
+    shardings = [s for s in jax.tree.leaves(compiled.input_shardings)
+                 if hasattr(s, "device_set")]
+    devices = {d for s in shardings for d in s.device_set}
+    return all(d.platform == "cpu" for d in devices) if devices else jax.default_backend() == "cpu"
+
+
+def host_memory_state() -> str | None:
+    """``"reuse"`` or ``"default"`` after :func:`reuse_host_memory`; None before.
+
+    Benchmark rows and run metadata record it, since it changes CPU step times.
+
+    Example:
+      >>> host_memory_state() in ("reuse", "default", None)
+      True
+    """
+    return _host_memory_state

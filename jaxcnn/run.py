@@ -107,6 +107,9 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
       >>> run.steps_per_epoch, run.dataset.name
       (40, 'digits')
     """
+    if config.train.reuse_host_memory is True:
+        # On from the start, for the data as well; "auto" waits for the compiled step (fit).
+        env.reuse_host_memory()
     if dataset is None:
         dataset = load_dataset(config.data.dataset,
                                validation_fraction=config.data.validation_fraction,
@@ -242,6 +245,7 @@ def train_and_evaluate(
             log_every_seconds=config.train.log_every_seconds,
             callbacks=callbacks, history=history, progress=progress,
             micro_batches=config.train.micro_batches,
+            reuse_host_memory=config.train.reuse_host_memory,
             **fit_options(config.data, run.dataset.image_shape))
     # Leaving the block waited for the last checkpoint write (and raised if it failed).
     train_seconds = time.perf_counter() - t_fit
@@ -270,6 +274,8 @@ def train_and_evaluate(
         "model": config.model.name,
         "dataset": run.dataset.name,
         "seed": config.train.seed,
+        # Whether freed host memory was kept for reuse (train.reuse_host_memory): CPU speed.
+        "host_memory": env.host_memory_state(),
         "workdir": workdir,
     }
     if history and "val_accuracy" in history[-1]:

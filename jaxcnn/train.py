@@ -37,7 +37,7 @@ from flax.training import train_state
 from jaxcnn.config import OptimizerConfig
 from jaxcnn.data import Dataset, Preprocess, Split, as_images
 from jaxcnn.errors import ConfigError, DataError, NonFiniteLossError
-from jaxcnn import ops
+from jaxcnn import env, ops
 from jaxcnn import sharding as shd
 from jaxcnn.pipeline import (Augment, Prefetcher, augment_batch, augment_key, choose_pipeline,
                              device_memory_budget)
@@ -724,6 +724,7 @@ def fit(
     memory_budget: int | None = None,
     prefetch: int = 2,
     micro_batches: int | str = "auto",
+    reuse_host_memory: bool | str = "auto",
 ) -> FitResult:
     """Trains ``state`` on ``dataset.train`` for ``epochs`` epochs.
 
@@ -771,6 +772,9 @@ def fit(
       prefetch: batches in flight on the streaming path.
       micro_batches: ``"auto"`` or how many micro-batches each step runs as
         (:func:`resolve_micro_batches`, :func:`train_step`).
+      reuse_host_memory: ``"auto"``, True or False: whether glibc keeps freed
+        host memory for the next step (:func:`jaxcnn.env.reuse_host_memory_for`;
+        ``auto`` decides from the compiled step's temporary buffer).
 
     Returns:
       A :class:`FitResult`.
@@ -801,6 +805,9 @@ def fit(
         shd.check_batch_size(batch_size, mesh)
     k = resolve_micro_batches(batch_size, micro_batches, model_impl(state),
                           num_devices=mesh.devices.size if mesh is not None else 1)
+    if not (isinstance(reuse_host_memory, bool) or reuse_host_memory == "auto"):
+        raise ConfigError(f"reuse_host_memory must be 'auto', True or False; got "
+                          f"{reuse_host_memory!r}")
     if early_stopping_patience and dataset.validation is None:
         raise ConfigError("early stopping needs validation data; set data.validation_fraction "
                           "(e.g. 0.1) or turn early stopping off")
@@ -839,6 +846,7 @@ def fit(
     for cb in callbacks:
         cb.on_train_start(state)
     stopped = False
+    host_memory_pending = reuse_host_memory is not False
     bar = _progress_bar(progress, steps_per_epoch)
     try:
         for epoch in range(start_epoch, epochs):
@@ -854,10 +862,17 @@ def fit(
             t0 = last_log = time.perf_counter()
             for _ in range(first, steps_per_epoch):
                 if mode == "device":
-                    state, acc = step_fn(state, acc, images, labels, perm, dropout_key, aug_key)
+                    args = (state, acc, images, labels, perm, dropout_key, aug_key)
                 else:
                     x, y = next(batches)
-                    state, acc = step_fn(state, acc, x, y, dropout_key, aug_key)
+                    args = (state, acc, x, y, dropout_key, aug_key)
+                if host_memory_pending:
+                    # Compiles the step (the call below reuses it) to read its temporary size.
+                    host_memory_pending = False
+                    env.reuse_host_memory_for(
+                        step_fn.func.lower(*args, **step_fn.keywords).compile(), reuse_host_memory)
+                state, acc = step_fn(*args)
+                del args
                 step += 1
                 bar.update(1)
                 now = time.perf_counter()

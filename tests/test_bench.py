@@ -67,6 +67,8 @@ def test_every_figure_present_and_positive(train_row):
         assert row["versions"][lib]
     assert "git_commit" in row and row["peak_source"] == "given"
     assert row["micro_batches"] == 1  # batch 8: one pass
+    from jaxcnn.env import host_memory_state
+    assert row["host_memory"] == host_memory_state()  # the malloc setting the step ran with
 
 
 def test_train_steps_run_as_micro_batches_like_jaxcnn_train():

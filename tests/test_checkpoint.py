@@ -104,6 +104,9 @@ def test_checkpoint_meta_holds_config_preprocess_metrics_and_versions(reference)
     assert r.meta["metrics"]["step"] == r.step and "loss" in r.meta["metrics"]
     assert {"jax", "flax", "optax", "orbax"} <= set(r.meta["versions"])
     assert r.meta["dataset"]["name"] == "digits" and len(r.meta["history"]) == 2
+    summary = json.load(open(os.path.join(ref_dir, "summary.json")))
+    from jaxcnn.env import host_memory_state
+    assert summary["host_memory"] == host_memory_state()  # a small step: left as it was
 
 
 def test_keep_last_and_best():
