@@ -258,3 +258,13 @@ def time_steps(specs: dict[str, "str | tuple[str, str]"], dataset: str, batch_si
                     "q3": float(np.percentile(r, 75)), "rounds": rounds, "steps": steps,
                     "batch_size": batch_size}
             for label, (_, _, r) in runs.items()}
+
+
+def save_figure(fig, path: str) -> str:
+    """Lays out, saves (110 dpi) and closes a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -45,6 +45,7 @@ from jax import lax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
+from _common import save_figure  # noqa: E402
 from jaxcnn import env, ops  # noqa: E402
 
 # The wide layers of the zoo's models at batch 128 (28x28x1 and 32x32x3
@@ -182,10 +183,7 @@ def plot(record, path):
     ax.set_title("One 3x3 convolution's passes on XLA's CPU backend (fast-path options)")
     ax.legend(fontsize=8, ncol=5)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

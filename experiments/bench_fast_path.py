@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from _common import save_figure
 from jaxcnn import env, ops
 from jaxcnn.models import build_model
 from jaxcnn.train import create_train_state, train_step
@@ -309,10 +310,7 @@ def plot_variants(result, path):
                  % result["device"].get("cpu_count", 0))
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):
