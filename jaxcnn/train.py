@@ -230,9 +230,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 # faster as 4 micro-batches of 32, one after the other, than in one pass
 # (keras_convnet 1.61x, seed_cnn 1.12x, flax_cnn 1.02x; 16 images per
 # micro-batch was no faster than the whole batch, and a lax.scan over
-# micro-batches ran 10x slower): the activations of a micro-batch stay in
-# the caches. Each micro-batch is a copy of the model in the compiled step,
-# hence the cap. Measurements: docs/benchmarks.md, "Micro-batches".
+# micro-batches ran 10x slower). For keras_convnet most of that was its temporaries
+# falling under glibc's 32 MiB mmap threshold, so that malloc reused them instead of
+# mapping them afresh every step; against a one-pass step that keeps its memory
+# (jaxcnn.env.reuse_host_memory), 4 x 32 ran keras_convnet about 1.0x and seed_cnn
+# 1.1-1.2x (docs/benchmarks.md, "Host memory"). Each micro-batch is a copy of the
+# model in the compiled step, hence the cap. Measurements: docs/benchmarks.md,
+# "Micro-batches".
 MICRO_BATCH_IMAGES = 32
 MAX_MICRO_BATCHES = 4
 
