@@ -166,7 +166,7 @@ class BenchConfig:
             (self.micro_batches == "auto" or (isinstance(self.micro_batches, int)
                                               and self.micro_batches >= 1),
              f"micro_batches must be auto or an int >= 1; got {self.micro_batches!r}"),
-            (isinstance(self.reuse_host_memory, bool) or self.reuse_host_memory == "auto",
+            (env.is_host_memory_setting(self.reuse_host_memory),
              f"reuse_host_memory must be auto, True or False; got {self.reuse_host_memory!r}"),
             (int(self.num_classes) >= 2, f"num_classes must be >= 2; got {self.num_classes}"),
             (int(self.steps) >= 1, f"steps must be >= 1; got {self.steps}"),

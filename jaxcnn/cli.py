@@ -81,7 +81,7 @@ def _add_train_parser(sub) -> None:
                         "each on the CPU fast path; 1: off)")
     p.add_argument("--reuse-host-memory", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step (glibc; auto: for a CPU "
-                        "step with more than 32 MiB of temporaries; train.reuse_host_memory)")
+                        "step with 32-64 MiB of temporaries; train.reuse_host_memory)")
     p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable)")
@@ -371,7 +371,7 @@ def _add_bench_parser(sub) -> None:
                         "(auto: 32-64 images each on the CPU fast path; 1: off)")
     p.add_argument("--reuse-host-memory", default="auto", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step, as `jaxcnn train` does "
-                        "(glibc; auto: for a CPU step with more than 32 MiB of temporaries; "
+                        "(glibc; auto: for a CPU step with 32-64 MiB of temporaries; "
                         "jaxcnn.env.reuse_host_memory)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
     p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")

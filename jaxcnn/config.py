@@ -21,6 +21,7 @@ import types
 import typing
 from typing import Any, Mapping
 
+from jaxcnn import env
 from jaxcnn.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
@@ -223,8 +224,9 @@ class TrainConfig:
         where that ran faster (:func:`jaxcnn.train.resolve_micro_batches`).
       reuse_host_memory: keep freed host memory in the process for reuse
         (:func:`jaxcnn.env.reuse_host_memory`, process-wide). ``auto``: when
-        the compiled CPU step's temporary buffer is larger than 32 MiB, which
-        glibc would otherwise map afresh and page-fault through every step.
+        the compiled CPU step's temporary buffer is 32-64 MiB, which glibc
+        would otherwise map afresh and page-fault through every step
+        (:func:`jaxcnn.env.reuse_host_memory_for`).
 
     Example:
       >>> TrainConfig(epochs=3).seed
@@ -256,7 +258,7 @@ class TrainConfig:
             and self.micro_batches >= 1),
             f"train.micro_batches must be 'auto' or an int >= 1 (1: the whole batch in one "
             f"pass); got {self.micro_batches!r}")
-        _check(isinstance(self.reuse_host_memory, bool) or self.reuse_host_memory == "auto",
+        _check(env.is_host_memory_setting(self.reuse_host_memory),
                f"train.reuse_host_memory must be auto, true or false; got "
                f"{self.reuse_host_memory!r}")
 

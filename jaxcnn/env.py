@@ -170,8 +170,8 @@ def reuse_host_memory(enable: bool = True) -> bool:
     :data:`MMAP_THRESHOLD_MAX`) with fresh pages from the kernel and unmaps
     them on ``free``, so a step whose temporary buffer is larger page-faults
     through all of it again on every call: seed_cnn's training step at batch
-    128 (48 MiB of temporaries) spent a third of its time in the kernel that
-    way on 2 cores (docs/benchmarks.md, "Host memory"). With ``enable`` glibc
+    128 (48 MiB of temporaries) spent a quarter of its CPU time in the kernel
+    that way on 2 cores (docs/benchmarks.md, "Host memory"). With ``enable`` glibc
     serves large requests from its heaps (``M_MMAP_MAX=0``) and never trims
     them (``M_TRIM_THRESHOLD``), so the next call reuses the same pages. The
     process then keeps its peak host memory until it exits, as PyTorch's and
@@ -208,6 +208,16 @@ def reuse_host_memory(enable: bool = True) -> bool:
     return True
 
 
+def is_host_memory_setting(value) -> bool:
+    """Whether ``value`` is a ``reuse_host_memory`` setting: ``"auto"``, True or False.
+
+    Example:
+      >>> is_host_memory_setting("auto"), is_host_memory_setting(1)
+      (True, False)
+    """
+    return isinstance(value, bool) or value == "auto"
+
+
 def reuse_host_memory_for(compiled, setting: bool | str = "auto") -> bool:
     """Applies a ``reuse_host_memory`` setting for a compiled step about to run in a loop.
 
@@ -233,7 +243,7 @@ def reuse_host_memory_for(compiled, setting: bool | str = "auto") -> bool:
       >>> reuse_host_memory_for(small, False) == (host_memory_state() == "reuse")
       True
     """
-    if setting not in (True, False, "auto"):
+    if not is_host_memory_setting(setting):
         raise ValueError(f"reuse_host_memory must be 'auto', True or False; got {setting!r}")
     if setting == "auto":
         temp = _temp_bytes(compiled)
@@ -275,7 +285,7 @@ def _runs_on_cpu(compiled) -> bool:
 def host_memory_state() -> str | None:
     """``"reuse"`` or ``"default"`` after :func:`reuse_host_memory`; None before.
 
-    Benchmark rows and run metadata record it, since it changes CPU step times.
+    Benchmark rows and run summaries record it, since it changes CPU step times.
 
     Example:
       >>> host_memory_state() in ("reuse", "default", None)

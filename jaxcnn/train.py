@@ -809,7 +809,7 @@ def fit(
         shd.check_batch_size(batch_size, mesh)
     k = resolve_micro_batches(batch_size, micro_batches, model_impl(state),
                           num_devices=mesh.devices.size if mesh is not None else 1)
-    if not (isinstance(reuse_host_memory, bool) or reuse_host_memory == "auto"):
+    if not env.is_host_memory_setting(reuse_host_memory):
         raise ConfigError(f"reuse_host_memory must be 'auto', True or False; got "
                           f"{reuse_host_memory!r}")
     if early_stopping_patience and dataset.validation is None:
