@@ -13,9 +13,10 @@ from PIL import Image
 
 from jaxcnn.cli import main
 from jaxcnn.config import Config, override
-from jaxcnn.data import Preprocess, load_dataset
+from jaxcnn.data import (Preprocess, SourceImages, default_data_dir, list_prepared,
+                         load_dataset, load_tfds, prepare_tfds)
+from jaxcnn.data._tfds import detect_features
 from jaxcnn.errors import DataError
-from jaxcnn.tfds_data import default_data_dir, detect_features, list_prepared, load_tfds, prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +97,7 @@ class JaxcnnTextOnly(tfds.core.GeneratorBasedBuilder):
 @pytest.fixture(scope="module")
 def prepared_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tfds"))
-    out = prepare("jaxcnn_tiny_shapes", d)
+    out = prepare_tfds("jaxcnn_tiny_shapes", d)
     assert out["splits"] == {"train": 40, "validation": 12, "test": 10}
     return d
 
@@ -238,7 +239,7 @@ def _has_tensorflow():
 @pytest.mark.skipif(_has_tensorflow(), reason="needs an environment without TensorFlow")
 def test_prepare_that_needs_tensorflow_names_the_extra(tmp_path):
     with pytest.raises(DataError, match='needs TensorFlow.*tensorflow-datasets\\[tensorflow\\]'):
-        prepare("jaxcnn_needs_tf", str(tmp_path))
+        prepare_tfds("jaxcnn_needs_tf", str(tmp_path))
 
 
 def test_import_jaxcnn_does_not_import_tfds():
@@ -253,7 +254,7 @@ def test_import_jaxcnn_does_not_import_tfds():
 
 def test_normalisation_stats_stored_and_reused(tmp_path):
     from jaxcnn.run import prepare as prepare_run, train_and_evaluate
-    from jaxcnn.train import predict
+    from jaxcnn.training import predict
 
     cfg = override(Config(), {"data.dataset": "synthetic:8x8x3:3:96", "train.epochs": 1,
                               "data.batch_size": 16, "data.validation_fraction": 0.25,
@@ -276,7 +277,7 @@ def test_prepare_fails_fast_when_the_download_host_is_unreachable(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(DataError, match="download host is unreachable.*jaxcnn-test.invalid.*"
                                         "jaxcnn data prepare jaxcnn_unreachable"):
-        prepare("jaxcnn_unreachable", str(tmp_path))
+        prepare_tfds("jaxcnn_unreachable", str(tmp_path))
     assert time.perf_counter() - t0 < 30
 
 
@@ -298,8 +299,7 @@ def test_images_decoded_on_demand_train_like_images_in_memory(prepared_dir, tmp_
     import optax
 
     from jaxcnn.models import build_model
-    from jaxcnn.tfds_data import SourceImages
-    from jaxcnn.train import create_train_state, evaluate, fit, split_keys
+    from jaxcnn.training import create_train_state, evaluate, fit, split_keys
 
     eager = load_tfds("jaxcnn_tiny_shapes", data_dir=prepared_dir, in_memory=True,
                       splits={"validation": "validation"})
@@ -325,7 +325,7 @@ def test_images_decoded_on_demand_train_like_images_in_memory(prepared_dir, tmp_
                    zip(jax.tree.leaves(a.state.params), jax.tree.leaves(other.state.params)))
     assert evaluate(b.state, lazy.test, pre, batch_size=4) == evaluate(a.state, eager.test, pre,
                                                                         batch_size=4)
-    prepare("jaxcnn_tiny_no_val", str(tmp_path))
+    prepare_tfds("jaxcnn_tiny_no_val", str(tmp_path))
     carved = [load_tfds("jaxcnn_tiny_no_val", data_dir=str(tmp_path), in_memory=m,
                         validation_fraction=0.25) for m in (True, False)]
     assert carved[0].metadata()["splits"] == {"train": 30, "validation": 10, "test": 10}

@@ -6,9 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxcnn.data import load_dataset
+from jaxcnn.data import find_idx_files, load_dataset, load_idx, load_npz, read_idx, write_idx
 from jaxcnn.errors import DataError
-from jaxcnn.files import find_idx_files, load_idx, load_npz, read_idx, write_idx
 
 
 def _images(n, h=6, w=5, seed=0):

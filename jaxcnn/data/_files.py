@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import re
@@ -47,6 +48,7 @@ import zipfile
 
 import numpy as np
 
+from jaxcnn.data._core import Dataset, Split, as_images, as_labels, from_arrays
 from jaxcnn.errors import DataError
 
 # IDX type codes -> big-endian NumPy dtypes.
@@ -221,7 +223,8 @@ def _emnist_class_names(directory: str, prefix: str) -> list[str] | None:
     return [mapping.get(i, str(i)) for i in range(max(mapping) + 1)] if mapping else None
 
 
-def load_idx(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name=None):
+def load_idx(path: str, *, validation_fraction: float = 0.0, seed: int = 0,
+             name: str | None = None) -> Dataset:
     """Loads an IDX dataset directory (MNIST, Fashion-MNIST, KMNIST, EMNIST).
 
     Args:
@@ -231,7 +234,7 @@ def load_idx(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name
       name: the dataset's name in records (default ``idx:PATH``).
 
     Returns:
-      A :class:`jaxcnn.data.Dataset` of uint8 ``(N, H, W, 1)`` images.
+      A :class:`Dataset` of uint8 ``(N, H, W, 1)`` images.
 
     Raises:
       DataError: missing or malformed files, or image and label counts that differ.
@@ -241,8 +244,6 @@ def load_idx(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name
       Traceback (most recent call last):
       jaxcnn.errors.DataError: idx dataset directory /no/such/dir does not exist; ...
     """
-    from jaxcnn.data import from_arrays
-
     path = os.path.expanduser(path)
     prefix, files = find_idx_files(path)
     arrays = {}
@@ -289,7 +290,8 @@ _NPZ_KEYS = {
 }
 
 
-def load_npz(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name=None):
+def load_npz(path: str, *, validation_fraction: float = 0.0, seed: int = 0,
+             name: str | None = None) -> Dataset:
     """Loads a ``.npz`` dataset (Keras's ``mnist.npz`` layout and the others the module lists).
 
     Args:
@@ -300,7 +302,7 @@ def load_npz(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name
       name: the dataset's name in records (default ``npz:PATH``).
 
     Returns:
-      A :class:`jaxcnn.data.Dataset`.
+      A :class:`Dataset`.
 
     Raises:
       DataError: unreadable or damaged file, missing keys (the accepted ones
@@ -318,8 +320,6 @@ def load_npz(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name
       >>> ds.image_shape, len(ds.train), len(ds.test)
       ((28, 28, 1), 40, 10)
     """
-    from jaxcnn.data import Split, as_images, as_labels, from_arrays
-
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise DataError(f"npz file {path} does not exist; give the path of a .npz file, e.g. "
@@ -373,34 +373,7 @@ def load_npz(path: str, *, validation_fraction: float = 0.0, seed: int = 0, name
         if xv.shape[1:] != ds.image_shape:
             raise DataError(f"{path}: validation images are {xv.shape[1:]} but training images "
                             f"are {ds.image_shape}")
-        ds = _replace_validation(ds, Split(xv.astype(ds.train.images.dtype),
-                                           as_labels(val[1], len(xv), ds.num_classes, "y_val")))
+        ds = dataclasses.replace(ds, validation=Split(
+            xv.astype(ds.train.images.dtype), as_labels(val[1], len(xv), ds.num_classes, "y_val")))
     return ds
 
-
-def _replace_validation(ds, split):
-    import dataclasses
-
-    return dataclasses.replace(ds, validation=split)
-
-
-def load_idx_spec(spec: str, validation_fraction: float = 0.0, seed: int = 0, data_dir=None,
-                  splits=None):
-    """Registry loader for ``idx:DIR`` (see :func:`load_idx`)."""
-    _no_splits(spec, splits)
-    return load_idx(spec.split(":", 1)[1], validation_fraction=validation_fraction, seed=seed,
-                    name=spec)
-
-
-def load_npz_spec(spec: str, validation_fraction: float = 0.0, seed: int = 0, data_dir=None,
-                  splits=None):
-    """Registry loader for ``npz:FILE`` (see :func:`load_npz`)."""
-    _no_splits(spec, splits)
-    return load_npz(spec.split(":", 1)[1], validation_fraction=validation_fraction, seed=seed,
-                    name=spec)
-
-
-def _no_splits(spec, splits):
-    from jaxcnn.data import check_default_splits
-
-    check_default_splits(spec, splits)

@@ -1,40 +1,36 @@
-"""Datasets: the embedded default, user arrays, synthetic data, and the registry.
+"""Core types of the data package: splits, datasets, preprocessing and arrays checks.
 
 A :class:`Dataset` holds NumPy arrays (images NHWC, integer labels) and the
 metadata that the model needs (image shape, number of classes, class names).
-Images are ``uint8`` in [0, 255] or floating point in [0, 1]; the
-:class:`Preprocess` computed from the training split turns them into the
-standardised float32 the model sees, identically at train, eval and predict
-time.
-
-Names understood by :func:`load_dataset`:
-
-* ``digits``: the 1,797 8x8 handwritten digits that scikit-learn ships (works
-  offline). Split: stratified 80/20 with ``random_state=0`` (1,437 train,
-  360 test), pixels scaled from [0, 16] to [0, 1].
-* ``synthetic:HxWxC:K`` (optionally ``:N`` train examples): random images and
-  labels, for benchmarks and tests.
-* ``mnist``, ``fashion_mnist``, ``kmnist``, ``emnist``, ``cifar10``,
-  ``cifar100``, ``svhn_cropped``, and any other tensorflow-datasets
-  image-classification name (also as ``tfds:NAME``): prepared tfds data read
-  without TensorFlow (see :mod:`jaxcnn.tfds_data`); ``data_dir`` or
-  ``TFDS_DATA_DIR`` says where it is.
-* ``idx:DIR`` (MNIST-format IDX files) and ``npz:FILE`` (NumPy archives): local
-  files, no tfds needed (see :mod:`jaxcnn.files`).
+Every source (embedded, synthetic, local files, tfds) builds one through
+:func:`from_arrays`, or, for images decoded on demand, through
+:func:`carve_validation` directly; both hold validation data out the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-from typing import Callable
 
 import numpy as np
 
 from jaxcnn.errors import DataError
 
-DEFAULT_DATASET = "digits"
+
+class UnknownDatasetError(DataError):
+    """A dataset name that no source knows.
+
+    Sources raise it so that :func:`jaxcnn.data.load_dataset` can tell an
+    unknown name from a known dataset that fails to load, by type rather than
+    by message.
+
+    Example:
+      >>> from jaxcnn.data import load_dataset
+      >>> try:
+      ...     load_dataset("no_such_dataset_xyz")
+      ... except UnknownDatasetError as e:
+      ...     print(str(e)[:40])
+      unknown dataset 'no_such_dataset_xyz'; k
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +62,7 @@ class Dataset:
       class_names: one name per class.
 
     Example:
+      >>> from jaxcnn.data import load_dataset
       >>> ds = load_dataset("digits")
       >>> ds.image_shape, ds.num_classes, len(ds.train), len(ds.test)
       ((8, 8, 1), 10, 1437, 360)
@@ -245,6 +242,36 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """Holds a stratified ``fraction`` of a training split out for validation.
+
+    The one place validation data is carved from train, for in-memory arrays
+    and for images decoded on demand alike (those are subset lazily, through
+    their ``subset`` method, rather than decoded).
+
+    Args:
+      train: the training split.
+      fraction: share of each class held out; 0 holds nothing out.
+      seed: the dataset's seed; the carve draws with ``seed + 1``, so it is
+        independent of a test split held out with ``seed``.
+
+    Returns:
+      ``(train, validation)``; ``validation`` is None when ``fraction`` is 0.
+
+    Example:
+      >>> split = Split(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10) % 2)
+      >>> train, val = carve_validation(split, 0.2, seed=0)
+      >>> len(train), len(val), sorted(val.labels.tolist())
+      (8, 2, [0, 1])
+    """
+    if fraction <= 0:
+        return train, None
+    keep, held = stratified_split(train.labels, fraction, seed + 1)
+    subset = getattr(train.images, "subset", None)
+    take = subset if subset is not None else train.images.__getitem__
+    return (Split(take(keep), train.labels[keep]), Split(take(held), train.labels[held]))
+
+
 def from_arrays(
     x_train,
     y_train,
@@ -309,202 +336,10 @@ def from_arrays(
             )
         if x_test.dtype != x_train.dtype:
             x_test = x_test.astype(x_train.dtype)
-    validation = None
-    if validation_fraction > 0:
-        keep, held = stratified_split(y_train, validation_fraction, seed + 1)
-        validation = Split(x_train[held], y_train[held])
-        x_train, y_train = x_train[keep], y_train[keep]
+    train, validation = carve_validation(Split(x_train, y_train), validation_fraction, seed)
     if class_names is None:
         class_names = tuple(str(i) for i in range(num_classes))
     elif len(class_names) != num_classes:
         raise DataError(f"{len(class_names)} class names for {num_classes} classes")
-    return Dataset(name, Split(x_train, y_train), Split(x_test, y_test), validation,
+    return Dataset(name, train, Split(x_test, y_test), validation,
                    int(num_classes), tuple(str(c) for c in class_names))
-
-
-# ---------------------------------------------------------------------------
-# Built-in datasets and the registry
-
-
-def load_digits(validation_fraction: float = 0.0, seed: int = 0) -> Dataset:
-    """The embedded default: scikit-learn's 1,797 8x8 handwritten digits.
-
-    A fixed stratified 80/20 split (``random_state=0``): 1,437 train and 360
-    test images, float32 in [0, 1] (the raw pixels are 0..16), shape 8x8x1.
-
-    Args:
-      validation_fraction: stratified fraction of train held out for validation.
-      seed: seed of that validation split (the test split is always the same).
-
-    Returns:
-      A :class:`Dataset` named ``digits``.
-
-    Example:
-      >>> ds = load_digits()
-      >>> ds.train.images.dtype, float(ds.train.images.max())
-      (dtype('float32'), 1.0)
-    """
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sk_digits()
-    images = (bunch.images / 16.0).astype(np.float32)[..., None]
-    labels = bunch.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=0
-    )
-    return from_arrays(x_train, y_train, x_test, y_test, num_classes=10,
-                       validation_fraction=validation_fraction, seed=seed, name="digits")
-
-
-def load_synthetic(spec: str, validation_fraction: float = 0.0, seed: int = 0) -> Dataset:
-    """Random uint8 images and labels: ``synthetic:HxWxC:K[:N]``.
-
-    ``N`` training examples (default 2,048) and N/4 test examples. The labels
-    carry no signal; use it to measure speed, not accuracy.
-
-    Example:
-      >>> ds = load_synthetic("synthetic:28x28x1:10:256")
-      >>> ds.image_shape, ds.num_classes, len(ds.train)
-      ((28, 28, 1), 10, 256)
-    """
-    parts = spec.split(":")
-    try:
-        if parts[0] != "synthetic" or len(parts) not in (3, 4):
-            raise ValueError
-        h, w, c = (int(v) for v in parts[1].lower().split("x"))
-        k = int(parts[2])
-        n = int(parts[3]) if len(parts) == 4 else 2048
-        if min(h, w, c, n) < 1 or k < 2:
-            raise ValueError
-    except ValueError:
-        raise DataError(
-            f"bad synthetic dataset {spec!r}; write synthetic:HxWxC:K or synthetic:HxWxC:K:N, "
-            "e.g. synthetic:32x32x3:10"
-        ) from None
-    rng = np.random.default_rng(seed)
-    n_test = max(n // 4, 1)
-    x = rng.integers(0, 256, (n + n_test, h, w, c), dtype=np.uint8)
-    y = rng.integers(0, k, n + n_test).astype(np.int32)
-    return from_arrays(x[:n], y[:n], x[n:], y[n:], num_classes=k,
-                       validation_fraction=validation_fraction, seed=seed, name=spec)
-
-
-def check_default_splits(name: str, splits: dict | None) -> None:
-    """Refuses split names for datasets whose splits are fixed (all but tfds ones).
-
-    Example:
-      >>> check_default_splits("digits", {"train": "train", "test": None})
-    """
-    defaults = {"train": "train", "validation": None, "test": "test"}
-    custom = {k: v for k, v in (splits or {}).items() if v is not None and v != defaults.get(k)}
-    if custom:
-        raise DataError(
-            f"dataset {name!r} has fixed splits; split selection "
-            f"({', '.join(f'data.{k}_split={v}' for k, v in custom.items())}) applies to "
-            "tensorflow-datasets names only; remove it, or use data.validation_fraction")
-
-
-def _tfds_loader(name: str) -> "Loader":
-    def load(validation_fraction=0.0, seed=0, data_dir=None, splits=None):
-        from jaxcnn.tfds_data import load_tfds
-
-        return load_tfds(name, validation_fraction=validation_fraction, seed=seed,
-                         data_dir=data_dir, splits=splits)
-
-    return load
-
-
-def _has_tfds() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorflow_datasets") is not None
-
-
-def _lazy(module: str, fn: str) -> "Loader":
-    def load(*args, **kwargs):
-        import importlib
-
-        return getattr(importlib.import_module(module), fn)(*args, **kwargs)
-
-    return load
-
-
-Loader = Callable[..., Dataset]
-TFDS_NAMES = ("mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "cifar100",
-              "svhn_cropped")
-# name -> loader(validation_fraction=..., seed=..., data_dir=..., splits=...)
-DATASETS: dict[str, Loader] = {
-    "digits": lambda validation_fraction=0.0, seed=0, data_dir=None, splits=None: (
-        check_default_splits("digits", splits), load_digits(validation_fraction, seed))[1],
-    **{n: _tfds_loader(n) for n in TFDS_NAMES},
-}
-# prefix -> loader(spec, validation_fraction=..., seed=..., data_dir=..., splits=...)
-PREFIXES: dict[str, Loader] = {
-    "synthetic": lambda spec, validation_fraction=0.0, seed=0, data_dir=None, splits=None: (
-        check_default_splits(spec, splits), load_synthetic(spec, validation_fraction, seed))[1],
-    "tfds": lambda spec, **kwargs: _tfds_loader(spec.split(":", 1)[1])(**kwargs),
-    "idx": _lazy("jaxcnn.files", "load_idx_spec"),
-    "npz": _lazy("jaxcnn.files", "load_npz_spec"),
-}
-# Bare names that are neither registered nor prefixed are tried as tfds names.
-_TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?")
-
-
-def load_dataset(
-    name: str = DEFAULT_DATASET,
-    *,
-    validation_fraction: float = 0.0,
-    seed: int = 0,
-    data_dir: str | None = None,
-    splits: dict[str, str | None] | None = None,
-) -> Dataset:
-    """Loads a dataset by name (see the module docstring for the names).
-
-    Args:
-      name: ``digits``, ``synthetic:HxWxC:K``, a tfds name, ``idx:DIR``,
-        ``npz:FILE``, or another registered name.
-      validation_fraction: stratified fraction of train held out for validation
-        (when the dataset has no validation split of its own).
-      seed: seed for held-out splits and synthetic data.
-      data_dir: directory of prepared datasets, where the loader uses one.
-      splits: ``{"train", "validation", "test"}`` split names in tfds syntax
-        (``train[:90%]``); tfds datasets only.
-
-    Returns:
-      A :class:`Dataset`.
-
-    Raises:
-      DataError: unknown name (the known ones are listed), or data that cannot
-        be loaded.
-
-    Example:
-      >>> load_dataset("digits", validation_fraction=0.1).metadata()["splits"]
-      {'train': 1295, 'validation': 142, 'test': 360}
-    """
-    kwargs = dict(validation_fraction=validation_fraction, seed=seed, data_dir=data_dir,
-                  splits=splits)
-    if name in DATASETS:
-        return DATASETS[name](**kwargs)
-    prefix = name.split(":", 1)[0]
-    if ":" in name and prefix in PREFIXES:
-        return PREFIXES[prefix](name, **kwargs)
-    known = sorted(DATASETS) + [f"{p}:..." for p in sorted(PREFIXES)]
-    if _TFDS_NAME.fullmatch(name) and _has_tfds():
-        try:
-            return _tfds_loader(name)(**kwargs)
-        except DataError as e:
-            if not str(e).startswith("unknown dataset"):
-                raise
-    raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}, or any "
-                    "tensorflow-datasets image-classification name")
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    """Number of batches to cover ``n`` examples once (the last one padded).
-
-    Example:
-      >>> num_batches(10, 4)
-      3
-    """
-    return math.ceil(n / batch_size)

@@ -36,11 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.data._core import (Dataset, Split, UnknownDatasetError, as_labels, carve_validation,
+                               from_arrays)
 from jaxcnn.errors import DataError
-
-# Image-classification datasets known to work; any tfds dataset with one image
-# and one class-label feature also loads (by its tfds name or ``tfds:NAME``).
-NAMED = ("mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "cifar100", "svhn_cropped")
 
 TF_EXTRA = 'pip install "tensorflow-datasets[tensorflow]"'
 _CHUNK = 1024
@@ -105,7 +103,7 @@ def _builder(tfds, name: str, data_dir: str):
         with _quiet_tfds():
             return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(
+        raise UnknownDatasetError(
             f"unknown dataset {name!r}: neither a jaxcnn dataset nor a tensorflow-datasets "
             "name; see 'jaxcnn data list' for prepared datasets, "
             "https://www.tensorflow.org/datasets/catalog for tfds names, or use digits, "
@@ -222,7 +220,7 @@ def load_tfds(
     data_dir: str | None = None,
     splits: dict[str, str | None] | None = None,
     in_memory: bool | None = None,
-):
+) -> Dataset:
     """Loads a prepared tfds image-classification dataset.
 
     Args:
@@ -258,8 +256,6 @@ def load_tfds(
       >>> ds.image_shape, ds.num_classes, ds.metadata()["splits"]
       ((28, 28, 1), 10, {'train': 16, 'validation': 4, 'test': 20})
     """
-    from jaxcnn.data import from_arrays
-
     tfds = _tfds()
     data_dir = default_data_dir(data_dir)
     splits = dict(splits or {})
@@ -294,8 +290,6 @@ def load_tfds(
                      validation_fraction=0.0 if val_split else validation_fraction,
                      seed=seed, name=name)
     if val_split:
-        from jaxcnn.data import Split, as_labels
-
         x_val, y_val = _read_split(source(val_split), features, name, val_split)
         ds = dataclasses.replace(
             ds, validation=Split(x_val, as_labels(y_val, len(x_val), num_classes, val_split)))
@@ -398,8 +392,6 @@ def _read_labels(tfds, name, data_dir, split, features) -> np.ndarray:
 
 def _load_lazy(tfds, name, data_dir, features, source, train_source, split_names,
                validation_fraction, seed):
-    from jaxcnn.data import Dataset, Split, as_labels, stratified_split
-
     train_split, val_split, test_split = split_names
     num_classes = len(features.class_names)
 
@@ -410,13 +402,10 @@ def _load_lazy(tfds, name, data_dir, features, source, train_source, split_names
 
     train = lazy_split(train_source, train_split)
     test = lazy_split(source(test_split), test_split)
-    validation = None
     if val_split:
         validation = lazy_split(source(val_split), val_split)
-    elif validation_fraction > 0:
-        keep, held = stratified_split(train.labels, validation_fraction, seed + 1)
-        validation = Split(train.images.subset(held), train.labels[held])
-        train = Split(train.images.subset(keep), train.labels[keep])
+    else:
+        train, validation = carve_validation(train, validation_fraction, seed)
     return Dataset(name, train, test, validation, num_classes, features.class_names)
 
 
@@ -443,7 +432,7 @@ def _raise_unreadable(builder, name, data_dir, split, known, err) -> None:
         "train[:5000]+test") from None
 
 
-def prepare(name: str, data_dir: str | None = None) -> dict[str, Any]:
+def prepare_tfds(name: str, data_dir: str | None = None) -> dict[str, Any]:
     """Downloads a tfds dataset and writes it as ArrayRecord (needs a network).
 
     Args:
@@ -458,7 +447,7 @@ def prepare(name: str, data_dir: str | None = None) -> dict[str, Any]:
         preparation code needs TensorFlow (the message names what to install).
 
     Example:
-      >>> prepare("mnist", "/data/tfds")  # doctest: +SKIP
+      >>> prepare_tfds("mnist", "/data/tfds")  # doctest: +SKIP
       {'name': 'mnist', 'data_dir': '/data/tfds', 'path': '/data/tfds/mnist/3.0.1', ...}
     """
     tfds = _tfds()

@@ -1,6 +1,6 @@
 """The input pipeline: on the device or streamed, and keyed augmentation.
 
-:func:`jaxcnn.train.fit` feeds the model one of two ways, chosen by
+:func:`jaxcnn.fit` feeds the model one of two ways, chosen by
 :func:`choose_pipeline` from the size of the training split and a memory
 budget:
 
@@ -108,16 +108,25 @@ def resolve_augment(setting: bool | None, image_shape, crop_padding: int = 4,
 def augment_key(keys) -> jax.Array:
     """The run's augmentation key, derived from its data key.
 
+    Args:
+      keys: the run's keys (as :func:`jaxcnn.split_keys` makes them); only
+        ``keys.data`` is used.
+
+    Returns:
+      A key of its own, the same for the same data key.
+
     Example:
-      >>> from jaxcnn.train import split_keys
-      >>> k = augment_key(split_keys(0))
-      >>> bool((jax.random.key_data(k) == jax.random.key_data(augment_key(split_keys(0)))).all())
+      >>> from types import SimpleNamespace
+      >>> keys = SimpleNamespace(data=jax.random.key(0))
+      >>> k = augment_key(keys)
+      >>> bool((jax.random.key_data(k) == jax.random.key_data(augment_key(keys))).all())
       True
     """
     return jax.random.fold_in(keys.data, _AUGMENT_STREAM)
 
 
-def augment_batch(images: jax.Array, key: jax.Array, augment: Augment) -> jax.Array:
+def augment_batch(images: jax.Array, key: jax.Array, augment: Augment, *,
+                  rows: tuple | None = None) -> jax.Array:
     """Randomly crops (after zero padding) and flips each image of a batch.
 
     Works on stored images (uint8 or float) before preprocessing; padding is
@@ -127,6 +136,10 @@ def augment_batch(images: jax.Array, key: jax.Array, augment: Augment) -> jax.Ar
       images: ``(N, H, W, C)``.
       key: this step's key.
       augment: what to do.
+      rows: ``(start, total)`` when ``images`` are rows ``start`` to
+        ``start + N`` of a batch of ``total``: they are then cropped and
+        flipped exactly as those rows of the whole batch would be (``start``
+        may be traced). For a step spread over several compiled calls.
 
     Returns:
       The augmented batch, same shape and dtype.
@@ -137,19 +150,24 @@ def augment_batch(images: jax.Array, key: jax.Array, augment: Augment) -> jax.Ar
       Array(True, dtype=bool)
     """
     n, h, w, c = images.shape
+    start, total = rows if rows is not None else (0, n)
+
+    def mine(draws):  # this call's rows of draws made for the whole batch
+        return draws if rows is None else jax.lax.dynamic_slice_in_dim(draws, start, n)
+
     crop_key, flip_key = jax.random.split(key)
     x = images
     p = augment.crop_padding
     if p > 0:
         padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * p + 1)
+        offsets = mine(jax.random.randint(crop_key, (total, 2), 0, 2 * p + 1))
 
         def crop(img, off):
             return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
 
         x = jax.vmap(crop)(padded, offsets)
     if augment.flip:
-        flip = jax.random.bernoulli(flip_key, 0.5, (n,))
+        flip = mine(jax.random.bernoulli(flip_key, 0.5, (total,)))
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
     return x
 
@@ -293,7 +311,7 @@ class _Failure:
 
 
 def fit_options(data_config, image_shape) -> dict:
-    """The pipeline arguments of :func:`jaxcnn.train.fit` from a run's data config.
+    """The pipeline arguments of :func:`jaxcnn.fit` from a run's data config.
 
     Args:
       data_config: a :class:`jaxcnn.config.DataConfig`.

@@ -1,0 +1,60 @@
+"""Datasets and the input pipeline: core types, sources, the registry, feeding the device.
+
+A :class:`Dataset` holds NumPy arrays (images NHWC, integer labels) and the
+metadata that the model needs (image shape, number of classes, class names).
+Images are ``uint8`` in [0, 255] or floating point in [0, 1]; the
+:class:`Preprocess` computed from the training split turns them into the
+standardised float32 the model sees, identically at train, eval and predict
+time.
+
+Names understood by :func:`load_dataset`:
+
+* ``digits``: the 1,797 8x8 handwritten digits that scikit-learn ships (works
+  offline). Split: stratified 80/20 with ``random_state=0`` (1,437 train,
+  360 test), pixels scaled from [0, 16] to [0, 1].
+* ``synthetic:HxWxC:K`` (optionally ``:N`` train examples): random images and
+  labels, for benchmarks and tests.
+* ``mnist``, ``fashion_mnist``, ``kmnist``, ``emnist``, ``cifar10``,
+  ``cifar100``, ``svhn_cropped``, and any other tensorflow-datasets
+  image-classification name (also as ``tfds:NAME``): prepared tfds data read
+  without TensorFlow (see :func:`load_tfds`); ``data_dir`` or
+  ``TFDS_DATA_DIR`` says where it is. tfds is imported on first use only.
+* ``idx:DIR`` (MNIST-format IDX files) and ``npz:FILE`` (NumPy archives): local
+  files, no tfds needed (see :func:`load_idx` and :func:`load_npz`).
+
+Your own arrays become a dataset with :func:`from_arrays`.
+
+The input pipeline (:func:`choose_pipeline`, :class:`Prefetcher`,
+:func:`augment_batch`) feeds a training split to the device: all of it on the
+device at once, or streamed batch by batch from the host, with keyed
+augmentation inside the compiled step.
+
+Example:
+  >>> ds = load_dataset("digits")
+  >>> ds.image_shape, ds.num_classes, len(ds.train), len(ds.test)
+  ((8, 8, 1), 10, 1437, 360)
+"""
+
+from jaxcnn.data._core import (Dataset, Preprocess, Split, UnknownDatasetError, as_images,
+                               from_arrays)
+from jaxcnn.data._embedded import load_digits
+from jaxcnn.data._files import find_idx_files, load_idx, load_npz, read_idx, write_idx
+from jaxcnn.data._pipeline import (Augment, Prefetcher, augment_batch, augment_key,
+                                   choose_pipeline, device_memory_budget, fit_options,
+                                   resolve_augment)
+from jaxcnn.data._registry import DEFAULT_DATASET, load_dataset
+from jaxcnn.data._synthetic import load_synthetic
+from jaxcnn.data._tfds import (SourceImages, default_data_dir, list_prepared, load_tfds,
+                               prepare_tfds)
+
+__all__ = [
+    # core types and your own arrays
+    "Dataset", "Preprocess", "Split", "UnknownDatasetError", "as_images", "from_arrays",
+    # the registry and its sources
+    "DEFAULT_DATASET", "load_dataset", "load_digits", "load_synthetic",
+    "find_idx_files", "load_idx", "load_npz", "read_idx", "write_idx",
+    "SourceImages", "default_data_dir", "list_prepared", "load_tfds", "prepare_tfds",
+    # the input pipeline
+    "Augment", "Prefetcher", "augment_batch", "augment_key", "choose_pipeline",
+    "device_memory_budget", "fit_options", "resolve_augment",
+]
