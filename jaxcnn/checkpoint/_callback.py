@@ -1,0 +1,171 @@
+"""Saving during :func:`jaxcnn.training.fit`: the save callback, and the guard that turns
+SIGTERM/SIGINT into "save and stop"."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import signal
+import threading
+from typing import Mapping
+
+import jax
+
+from jaxcnn.checkpoint._arrays import all_finite, state_arrays
+from jaxcnn.checkpoint._store import Checkpoints
+from jaxcnn.errors import NonFiniteLossError
+from jaxcnn.training import Callback, TrainState
+
+log = logging.getLogger("jaxcnn")
+
+
+class PreemptionGuard:
+    """Turns SIGTERM and SIGINT into a request to stop after the current step.
+
+    Inside the ``with`` block the signals only set :attr:`requested`; the
+    previous handlers come back on exit. A second SIGINT raises
+    ``KeyboardInterrupt`` as usual (a user insisting). Outside the main
+    thread, signals cannot be caught and the guard does nothing.
+
+    Orbax's own preemption check needs ``jax.distributed``; this works in a
+    single process too.
+
+    Example:
+      >>> import os, signal
+      >>> with PreemptionGuard() as guard:
+      ...     os.kill(os.getpid(), signal.SIGTERM)
+      ...     guard.requested
+      'SIGTERM'
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, saving a checkpoint, then "
+                    "stopping", self.requested)
+
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class CheckpointCallback(Callback):
+    """Saves checkpoints from :func:`jaxcnn.training.fit`.
+
+    Saves at the end of every ``every_epochs``-th epoch (with the epoch's
+    record as metrics), every ``every_steps`` steps, at the end of training,
+    and when ``guard`` reports a signal (then it stops training). A state that
+    is not finite is never saved.
+
+    Args:
+      checkpoints: where to save.
+      meta: JSON metadata common to every save (config, dataset,
+        preprocessing, versions); each save adds ``step``, ``epoch``,
+        ``metrics`` and ``history``.
+      steps_per_epoch: to tell epoch boundaries.
+      every_steps: save every this many steps (0: off).
+      every_epochs: save every this many epochs (0: off).
+      history: epoch records of earlier, resumed training.
+      guard: a :class:`PreemptionGuard`, or None.
+
+    Attributes:
+      preempted_step: the step saved on a signal (None if none came).
+      last_saved: the newest step saved or found.
+
+    Example:
+      >>> import tempfile
+      >>> with Checkpoints(tempfile.mkdtemp()) as c:
+      ...     cb = CheckpointCallback(c, {"config": {}}, steps_per_epoch=10, every_epochs=1)
+      ...     cb.last_saved is None
+      True
+    """
+
+    def __init__(self, checkpoints: Checkpoints, meta: Mapping, *, steps_per_epoch: int,
+                 every_steps: int = 0, every_epochs: int = 1, history=(), guard=None):
+        self.checkpoints = checkpoints
+        self.meta = dict(meta)
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps, self.every_epochs = every_steps, every_epochs
+        self.history = list(history)
+        self.guard = guard
+        self.preempted_step: int | None = None
+        self.last_saved = checkpoints.latest_step()
+        self._skipped_bad = False
+
+    def save(self, state: TrainState, step: int, record: Mapping | None = None) -> bool:
+        """Saves ``state`` as ``step`` unless it is already saved or not finite."""
+        if self.last_saved is not None and step <= self.last_saved:
+            return False
+        # fit keeps the last good state when a loss is not finite but counts on; the
+        # mismatch means this step was bad, and fit raises at its next log point.
+        state_step = int(jax.device_get(state.step))
+        if state_step != step or not bool(all_finite(state.params)):
+            if state_step == step:
+                raise NonFiniteLossError(
+                    f"the parameters became NaN or Inf by step {step}; not saving them. The "
+                    f"last good checkpoint (step {self.last_saved}) in "
+                    f"{self.checkpoints.directory} was kept. Lower the learning rate or clip "
+                    "gradients (--set optimizer.grad_clip_norm=1.0)", step=step)
+            if not self._skipped_bad:
+                log.warning("not saving step %d or later: the loss was not finite", step)
+            self._skipped_bad = True
+            return False
+        meta = {**self.meta, "step": step, "epoch": step / self.steps_per_epoch,
+                "metrics": dict(record or {}), "history": self.history,
+                "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        saved = self.checkpoints.save(step, state_arrays(state), meta, metrics=record)
+        if saved:
+            self.last_saved = step
+        return saved
+
+    def _check_guard(self, state, step) -> bool:
+        if self.guard is not None and self.guard.requested and self.preempted_step is None:
+            self.save(state, step)
+            self.checkpoints.wait()
+            self.preempted_step = step
+            log.warning("saved step %d in %s after %s", step, self.checkpoints.directory,
+                        self.guard.requested)
+            return True
+        return False
+
+    def on_step_end(self, state, step):
+        """Saves on a signal or every ``every_steps`` (epoch ends wait for the record)."""
+        if self._check_guard(state, step):
+            return True
+        if step % self.steps_per_epoch and self.every_steps and step % self.every_steps == 0:
+            self.save(state, step)
+        return None
+
+    def on_epoch_end(self, state, record):
+        """Saves every ``every_epochs`` epochs (or a due ``every_steps``) with the record."""
+        step = record["step"]
+        if step % self.steps_per_epoch:  # a partial epoch cut short by a stop
+            return None
+        self.history.append(dict(record))
+        epoch = step // self.steps_per_epoch
+        due = ((self.every_epochs and epoch % self.every_epochs == 0)
+               or (self.every_steps and step % self.every_steps == 0))
+        if due:
+            self.save(state, step, record)
+        return self._check_guard(state, step) or None
+
+    def on_train_end(self, state, history):
+        """Saves the final state if it is newer than the last save."""
+        step = int(jax.device_get(state.step))
+        record = next((r for r in reversed(self.history) if r.get("step") == step), None)
+        if self.preempted_step is None:
+            self.save(state, step, record)
