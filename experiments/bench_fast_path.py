@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -39,11 +40,11 @@ import numpy as np
 import optax
 
 from _common import save_figure
-from jaxcnn import env, ops
+from jaxcnn import ops, provenance
 from jaxcnn.models import build_model
-from jaxcnn.train import create_train_state, train_step
+from jaxcnn.training import create_train_state, train_step
 
-# Per variant: the impl, knobs of jaxcnn.ops (read when a step is traced) and
+# Per variant: the impl, jaxcnn.ops attributes replaced while the step is traced and
 # the XLA compiler options ("path": those of the impl, jaxcnn.ops.compiler_options).
 _NO_LIBRARY_FUSIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 VARIANTS = {
@@ -56,12 +57,13 @@ VARIANTS = {
     # No XLA library (YNNPACK) fusions at all, not even for reductions and dots.
     "fast_no_library_fusions": ("fast", {}, _NO_LIBRARY_FUSIONS),
     # Max-pool backward from the saved pool input instead of the winners' positions.
-    "fast_pool_input": ("fast", {"_POOL_WINNERS": False}, "path"),
+    "fast_pool_input": ("fast", {"_fast_max_pool": functools.partial(ops._fast_max_pool,
+                                                                     save_input=True)}, "path"),
     # Average pooling left to XLA's reduce_window.
-    "fast_xla_avg_pool": ("fast", {"_FAST_AVG_POOL": False}, "path"),
+    "fast_xla_avg_pool": ("fast", {"avg_pool_path": lambda *args, **kwargs: "xla"}, "path"),
     # Shifted-input (im2col) weight gradient for every conv, however wide.
     "fast_all_convs": ("fast", {"_FAST_MAX_CIN": 1 << 30}, "path"),
-    # The step as micro-batches, one after the other (jaxcnn.train.train_step).
+    # The step as micro-batches, one after the other (jaxcnn.training.train_step).
     "fast_micro2": ("fast", {"micro_batches": 2}, "path"),
     "fast_micro4": ("fast", {"micro_batches": 4}, "path"),
     # Only the max-pool gradient replaced.
@@ -336,8 +338,8 @@ def main(argv=None):
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
     result = {"command": " ".join(["python", *sys.argv]), "matmul_peak_gflops": peak,
               "batch": args.batch, "image_shape": list(image_shape), "rounds": args.rounds, "steps_per_round": args.steps,
-              "versions": env.versions(), "device": env.device_info(),
-              "git_commit": env.git_commit(), "models": {}}
+              "versions": provenance.versions(), "device": provenance.device_info(),
+              "git_commit": provenance.git_commit(), "models": {}}
     for model_name in args.models:
         r = bench_model(model_name, args.variants, args.batch, args.rounds, args.steps, peak,
                         image_shape)

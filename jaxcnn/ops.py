@@ -68,7 +68,7 @@ def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
-    return "fast" if backend == "cpu" and _FAST_AVAILABLE else "xla"
+    return "fast" if backend == "cpu" else "xla"
 
 
 # XLA's CPU backend hands some operations to YNNPACK library kernels. Its
@@ -100,9 +100,9 @@ def compiler_options(impl: str = "auto", backend: str | None = None) -> dict[str
     The CPU fast path is partly a choice of XLA's own kernels: on CPU it
     keeps XLA's convolution instead of the YNNPACK library kernel that XLA
     picks by default, which was measured slower for these models. jaxcnn's
-    own compiled steps (:func:`jaxcnn.train.fit`, evaluation, prediction,
+    own compiled steps (:func:`jaxcnn.training.fit`, evaluation, prediction,
     ``jaxcnn bench``) pass these options to :func:`jax.jit`; pass them too
-    when jitting :func:`jaxcnn.train.train_step` in a loop of your own.
+    when jitting :func:`jaxcnn.training.train_step` in a loop of your own.
     Empty on GPU/TPU, with ``impl="xla"``, or where this jaxlib does not know
     the options.
 
@@ -353,8 +353,6 @@ def _xla_max_pool(x, window, strides, padding):
 # Wider convolutions stay on XLA's kernels: shifted-matmul and im2col weight
 # gradients measured slower there (docs/benchmarks.md, "The CPU fast path").
 
-_FAST_AVAILABLE = True
-
 # The stacked shifts hold KH*KW*C_in columns per output pixel; up to 4 input
 # channels that beat XLA's weight-gradient convolution 2x (1 and 3 channels,
 # 28x28 and 32x32 images); at 8 and more it lost 2-3x.
@@ -402,7 +400,7 @@ def conv2d_path(x_shape, kernel_shape, *, strides=(1, 1), padding="VALID", dilat
       >>> conv2d_path((8, 13, 13, 32), (3, 3, 32, 64), impl="fast")  # XLA is faster here
       'xla'
     """
-    if resolve_impl(impl, backend) != "fast" or not _FAST_AVAILABLE:
+    if resolve_impl(impl, backend) != "fast":
         return "xla"
     if len(x_shape) != 4 or len(kernel_shape) != 4 or x_shape[3] != kernel_shape[2]:
         return "xla"
@@ -448,7 +446,7 @@ def max_pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *,
     """
     window = tuple(window)
     strides = tuple(strides) if strides is not None else window
-    if resolve_impl(impl, backend) != "fast" or not _FAST_AVAILABLE:
+    if resolve_impl(impl, backend) != "fast":
         return "xla"
     if len(x_shape) != 4 or strides != window:
         return "xla"
@@ -473,14 +471,8 @@ def avg_pool_path(x_shape, window=(2, 2), strides=None, padding="VALID", *,
       >>> avg_pool_path((8, 28, 28, 32), (2, 2), impl="xla")
       'xla'
     """
-    if not _FAST_AVG_POOL:
-        return "xla"
     return max_pool_path(x_shape, window, strides, padding, dtype=dtype, impl=impl,
                          backend=backend)
-
-
-# False: average pooling always runs "xla" (for side-by-side benchmarks).
-_FAST_AVG_POOL = True
 
 
 def _pool_pads(x_hw, window, padding):
@@ -614,8 +606,8 @@ def _unblock(g, geometry):
                    ((0, 0, 0), (-lo_h, -hi_h, 0), (-lo_w, -hi_w, 0), (0, 0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _fast_max(x, window, geometry):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _fast_max(x, window, geometry, save_input):
     # Without differentiation XLA's reduce_window is the faster forward inside
     # a whole model (the reshape form fused badly with the layers around it in
     # inference); training takes the forward rule below.
@@ -647,12 +639,14 @@ def _first_max_position(xb, window):
     return winner
 
 
-def _fast_max_fwd(x, window, geometry):
+def _fast_max_fwd(x, window, geometry, save_input):
     # A max over strided slices (fusible with the producer) measured slower
     # than this reduce in the training step.
     xb = _blocks(x, window, geometry, -jnp.inf)
     y = xb.max(axis=(2, 4))
-    if not _POOL_WINNERS:
+    if save_input:
+        # The measured alternative (save_input=True, for side-by-side
+        # benchmarks): the backward pass gets the pool's input and output.
         return y, (x, y)
     # The position of each window's first maximum, as a small integer: the
     # backward pass needs only this. Given the input instead, XLA recomputed
@@ -662,13 +656,9 @@ def _fast_max_fwd(x, window, geometry):
     return y, (_first_max_position(xb, window), None)
 
 
-# False: the backward pass gets the pool's input and output (for side-by-side benchmarks).
-_POOL_WINNERS = True
-
-
-def _fast_max_bwd(window, geometry, res, dy):
+def _fast_max_bwd(window, geometry, save_input, res, dy):
     winner = res[0]
-    if res[1] is not None:
+    if save_input:
         # From the pool's input: the winners are found here instead.
         winner = _first_max_position(_blocks(res[0], window, geometry, -jnp.inf), window)
     # One winner per window: ties neither split nor duplicate the gradient.
@@ -682,8 +672,11 @@ def _fast_max_bwd(window, geometry, res, dy):
 _fast_max.defvjp(_fast_max_fwd, _fast_max_bwd)
 
 
-def _fast_max_pool(x, window, strides, padding):
-    return _fast_max(x, tuple(window), _pool_pads(tuple(x.shape[1:3]), window, padding))
+def _fast_max_pool(x, window, strides, padding, *, save_input=False):
+    """``save_input=True``: the backward pass finds the winners from the saved
+    input instead of getting their positions (slower; for benchmarks)."""
+    return _fast_max(x, tuple(window), _pool_pads(tuple(x.shape[1:3]), window, padding),
+                     save_input)
 
 
 def _fast_avg_pool(x, window, padding):

@@ -14,8 +14,8 @@ import pytest
 
 from jaxcnn import bench
 from jaxcnn.cli import main
-from jaxcnn.compare import (ComparisonError, check_param_counts, parse_frameworks,
-                            request_layers, same_padding)
+from jaxcnn.compare import ComparisonError, check_param_counts, parse_frameworks, request_layers
+from jaxcnn.compare._child import same_padding
 from jaxcnn.models import build_model, summary
 
 # 'valid' padding: XLA's cost analysis leaves out the multiply-adds that fall on
@@ -67,12 +67,12 @@ def test_every_figure_present_and_positive(train_row):
         assert row["versions"][lib]
     assert "git_commit" in row and row["peak_source"] == "given"
     assert row["micro_batches"] == 1  # batch 8: one pass
-    from jaxcnn.env import host_memory_state
+    from jaxcnn.host_memory import host_memory_state
     assert row["host_memory"] == host_memory_state()  # the malloc setting the step ran with
 
 
 def test_train_steps_run_as_micro_batches_like_jaxcnn_train():
-    from jaxcnn.train import resolve_micro_batches
+    from jaxcnn.training import resolve_micro_batches
 
     cfg = tiny_config(micro_batches=2)
     row = bench.bench_one(cfg, 8, peak=PEAK)

@@ -1,5 +1,7 @@
 """Numerics of the fast conv/pool path against plain autodiff of the lax ops."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from jaxcnn import ops
 from jaxcnn.data import Preprocess, load_dataset
 from jaxcnn.models import build_model
-from jaxcnn.train import create_train_state, evaluate, fit, split_keys
+from jaxcnn.training import create_train_state, evaluate, fit, split_keys
 
 RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -110,7 +112,8 @@ def test_max_pool_fast_matches_autodiff(shape, window, padding, dtype):
 def test_max_pool_ties_give_one_winner_like_xla(winners, monkeypatch):
     # Both backward forms: from the saved winners' positions (the default) or
     # from the saved pool input and output.
-    monkeypatch.setattr(ops, "_POOL_WINNERS", winners)
+    monkeypatch.setattr(ops, "_fast_max_pool",
+                        functools.partial(ops._fast_max_pool, save_input=not winners))
     # ReLU outputs are full of exact ties (zeros); rounding makes positive ties too.
     x = jnp.maximum(jnp.round(_rand((2, 8, 8, 3), seed=6)), 0.0)
     cot = _rand((2, 4, 4, 3), seed=7)
@@ -214,7 +217,8 @@ def test_jitted_gradient_of_conv_then_pool_matches_autodiff(x_shape, padding, la
     its own; the pool must pick its winners from one evaluation (a pooled
     max compared with a re-evaluated input once matched no element).
     """
-    monkeypatch.setattr(ops, "_POOL_WINNERS", winners)
+    monkeypatch.setattr(ops, "_fast_max_pool",
+                        functools.partial(ops._fast_max_pool, save_input=not winners))
     c = x_shape[3]
     params = {"w1": _rand((3, 3, c, 8), seed=1), "b1": _rand((8,), seed=2),
               "w2": _rand((3, 3, 8, 4), seed=3)}

@@ -32,8 +32,9 @@ import os
 import resource
 from typing import Any
 
-from jaxcnn.compare import (ComparisonError, check_param_counts, child_main, is_oom_message,
-                            pair, spread, time_calls)
+from jaxcnn._timing import is_oom_message, spread, time_calls
+from jaxcnn.compare import ComparisonError, check_param_counts
+from jaxcnn.compare._child import child_main, pair
 
 _ACTIVATIONS = {None: None, "none": None, "linear": None, "relu": "relu", "gelu": "gelu",
                 "elu": "elu", "selu": "selu", "silu": "silu", "swish": "silu", "tanh": "tanh",

@@ -30,8 +30,9 @@ from __future__ import annotations
 import resource
 from typing import Any
 
-from jaxcnn.compare import (ComparisonError, check_param_counts, child_main, is_oom_message,
-                            pair, same_padding, spread, time_calls)
+from jaxcnn._timing import is_oom_message, spread, time_calls
+from jaxcnn.compare import ComparisonError, check_param_counts
+from jaxcnn.compare._child import child_main, pair, same_padding
 
 
 def _activation(nn, name):

@@ -1,0 +1,72 @@
+"""Helpers for the framework subprocesses (``torch_impl``, ``keras_impl``).
+
+The standard library and :mod:`jaxcnn.errors` only: a child imports its own
+framework, never JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+from jaxcnn.errors import JaxcnnError
+
+
+def child_main(bench: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """The body of a framework subprocess: request on stdin, answer on stdout.
+
+    A :class:`JaxcnnError` or a missing framework becomes ``{"error": ...}``
+    (the parent turns it into a :class:`ComparisonError`).
+
+    Args:
+      bench: the framework's ``bench(request) -> answer`` function.
+
+    Returns:
+      The exit code.
+    """
+    request = json.loads(sys.stdin.read())
+    # The parent reads the last stdout line; frameworks print on stdout too.
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        answer = bench(request)
+        code = 0
+    except ImportError as e:
+        answer, code = {"error": f"not installed here ({e}); install the 'compare' extra "
+                        "(pip install 'jaxcnn[compare]') in the interpreter given to "
+                        "--compare-python"}, 0
+    except JaxcnnError as e:
+        answer, code = {"error": str(e)}, 0
+    finally:
+        sys.stdout = real_stdout
+    real_stdout.write(json.dumps(answer) + "\n")
+    real_stdout.flush()
+    return code
+
+
+def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
+    """TensorFlow/Keras ``'same'`` padding of one axis: ``(before, after)``.
+
+    The extra pixel, when the total is odd, goes after (bottom/right), as in
+    XLA and Keras; other frameworks need it spelled out.
+
+    Example:
+      >>> same_padding(28, 3, 1), same_padding(28, 2, 2), same_padding(5, 2, 2)
+      ((1, 1), (0, 0), (0, 1))
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def pair(value) -> tuple[int, int]:
+    """``k`` or ``(kh, kw)`` as a pair.
+
+    Example:
+      >>> pair(3), pair([2, 1])
+      ((3, 3), (2, 1))
+    """
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)

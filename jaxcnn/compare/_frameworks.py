@@ -1,0 +1,200 @@
+"""The parent's side of a comparison: the frameworks, the request, running a child.
+
+Nothing here imports a framework (or JAX): the children import theirs, and
+:func:`request_layers` imports :mod:`jaxcnn.models` only when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from jaxcnn.errors import JaxcnnError
+
+
+class ComparisonError(JaxcnnError):
+    """A comparison that cannot run fairly (different parameter counts, an
+    unsupported layer, a framework that failed or is not installed).
+
+    Example:
+      >>> try:
+      ...     check_param_counts(100, {"torch": 90})
+      ... except ComparisonError as e:
+      ...     print(str(e).split(";")[0])
+      parameter counts differ: jaxcnn has 100, torch has 90
+    """
+
+    __module__ = "jaxcnn.compare"  # its public home, as tracebacks name it
+
+
+FRAMEWORKS: dict[str, dict[str, Any]] = {
+    "torch": {"module": "jaxcnn.compare.torch_impl", "env": {}, "import": "torch"},
+    "keras-tensorflow": {"module": "jaxcnn.compare.keras_impl",
+                         "env": {"KERAS_BACKEND": "tensorflow"}, "import": "keras"},
+    "keras-jax": {"module": "jaxcnn.compare.keras_impl",
+                  "env": {"KERAS_BACKEND": "jax"}, "import": "keras"},
+}
+_GROUPS = {"keras": ["keras-tensorflow", "keras-jax"], "pytorch": ["torch"],
+           "keras-tf": ["keras-tensorflow"]}
+
+
+def parse_frameworks(text: str | Sequence[str] | None) -> list[str]:
+    """Parses ``--compare`` into framework names (``keras`` means both backends).
+
+    Args:
+      text: comma-separated names, a list of names, or None/"" for none.
+
+    Returns:
+      Framework names in :data:`FRAMEWORKS`, in order, without repeats.
+
+    Raises:
+      ComparisonError: for an unknown name.
+
+    Example:
+      >>> parse_frameworks("keras-jax, torch")
+      ['keras-jax', 'torch']
+    """
+    if not text:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for item in items:
+        name = item.strip().lower()
+        if not name:
+            continue
+        names = _GROUPS.get(name, [name])
+        for n in names:
+            if n not in FRAMEWORKS:
+                raise ComparisonError(
+                    f"unknown framework {item.strip()!r} for --compare; use any of "
+                    f"{', '.join(sorted([*FRAMEWORKS, 'keras']))}, comma-separated")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def check_param_counts(expected: int, counts: dict[str, int]) -> None:
+    """Refuses a comparison whose models do not have the same parameter count.
+
+    A different count means a different architecture (a missing bias, another
+    padding, a wrong flatten size), and its timings would compare different
+    work.
+
+    Args:
+      expected: jaxcnn's parameter count.
+      counts: framework name -> the parameter count of its model.
+
+    Raises:
+      ComparisonError: naming every framework whose count differs.
+
+    Example:
+      >>> check_param_counts(34826, {"torch": 34826, "keras-jax": 34826})
+    """
+    bad = {name: n for name, n in counts.items() if int(n) != int(expected)}
+    if bad:
+        detail = ", ".join(f"{name} has {n}" for name, n in bad.items())
+        raise ComparisonError(
+            f"parameter counts differ: jaxcnn has {expected}, {detail}; the models are not the "
+            "same architecture, so the comparison will not run. Use layers every framework "
+            "builds identically (conv, maxpool, avgpool, gap, dropout, flatten, dense, softmax) "
+            "or leave out --compare")
+
+
+def request_layers(model, input_shape: Sequence[int]) -> list[dict[str, Any]]:
+    """Describes a jaxcnn model layer by layer for another framework.
+
+    Args:
+      model: a :class:`jaxcnn.models.Sequential`.
+      input_shape: ``(H, W, C)``.
+
+    Returns:
+      One dict per layer: ``kind`` and ``args`` (the :class:`LayerSpec`),
+      ``input_shape`` and ``output_shape`` (per image, HWC) and ``params``.
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> layers = request_layers(build_model("conv(4, 3) flatten softmax", 3), (6, 6, 1))
+      >>> [(l["kind"], l["output_shape"], l["params"]) for l in layers]
+      [('Conv2D', [4, 4, 4], 40), ('Flatten', [64], 0), ('SoftmaxOutput', [3], 195)]
+      >>> layers[0]["args"]["activation"], layers[0]["args"]["padding"]
+      ('relu', 'valid')
+    """
+    from jaxcnn.models import LAYER_TYPES, summary
+
+    s = summary(model, input_shape)
+    shape = list(s.input_shape)
+    out = []
+    for spec, row in zip(model.layers, s.rows):
+        # Every argument is spelled out (defaults included), so an adapter
+        # never has to know jaxcnn's defaults, e.g. that Conv2D applies ReLU.
+        args = {f.name: f.default for f in dataclasses.fields(LAYER_TYPES[spec.kind])
+                if f.name in _ARCH_ARGS and f.default is not dataclasses.MISSING}
+        args.update(spec.args)
+        out.append({"kind": spec.kind,
+                    "args": {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
+                    "input_shape": shape, "output_shape": list(row.output_shape),
+                    "params": row.params})
+        shape = list(row.output_shape)
+    return out
+
+
+_ARCH_ARGS = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias",
+              "pool_size", "rate", "units", "num_classes")
+
+
+def run_framework(framework: str, request: dict[str, Any], *, python: str | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+    """Runs one framework's benchmark in a subprocess and returns its answer.
+
+    Args:
+      framework: a name in :data:`FRAMEWORKS`.
+      request: the JSON request (see :mod:`jaxcnn.compare.torch_impl`).
+      python: the interpreter to run it with (default: this one); point it
+        at a virtual environment that has the framework installed.
+      timeout: seconds before the child is stopped.
+
+    Returns:
+      The child's answer: ``{"framework", "framework_version", "params",
+      "device", "rows": [...]}``.
+
+    Raises:
+      ComparisonError: when the framework is not installed, refuses the model
+        (a parameter count that differs, a layer it cannot build) or fails.
+
+    Example:
+      >>> run_framework("torch", {}, python="/no/such/python")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxcnn.compare.ComparisonError: cannot start /no/such/python ...
+    """
+    info = FRAMEWORKS[framework]
+    python = python or sys.executable
+    env = dict(os.environ)
+    env.update(info["env"])
+    # The child must import this very jaxcnn, whichever interpreter runs it.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        proc = subprocess.run([python, "-m", info["module"]], input=json.dumps(request),
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    except OSError as e:
+        raise ComparisonError(f"cannot start {python} for {framework}: {e.strerror}; pass "
+                              "--compare-python with an interpreter that has it "
+                              "installed") from None
+    except subprocess.TimeoutExpired:
+        raise ComparisonError(f"{framework} took longer than {timeout:.0f}s; use fewer "
+                              "--steps/--repeats or smaller batches") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise ComparisonError(f"{framework} failed (exit {proc.returncode}) with no answer; "
+                              f"its last output:\n{tail}")
+    answer = json.loads(lines[-1])
+    if answer.get("error"):
+        raise ComparisonError(f"{framework}: {answer['error']}")
+    return answer
