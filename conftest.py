@@ -16,7 +16,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 # session (and by its subprocesses, through the environment) compiles each once.
 _CACHE = os.path.join(os.path.dirname(__file__), ".pytest_cache", "xla")
 os.environ.setdefault("JAXCNN_COMPILATION_CACHE", _CACHE)
-from jaxcnn.env import enable_compilation_cache  # noqa: E402
+from jaxcnn.compilation_cache import enable_compilation_cache# noqa: E402
 
 enable_compilation_cache(os.environ["JAXCNN_COMPILATION_CACHE"])
 

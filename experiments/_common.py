@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from jaxcnn import env  # noqa: E402
+from jaxcnn import provenance  # noqa: E402
 from jaxcnn.config import Config, override  # noqa: E402
 from jaxcnn.experiment import SweepResult, run_sweep  # noqa: E402
 
@@ -203,7 +203,7 @@ def rows_of(result: SweepResult, label: str) -> list[dict]:
 
 def environment_line() -> str:
     """``jax 0.x, flax 0.x, optax 0.x on cpu (N cores)``, for the tables."""
-    v, d = env.versions(), env.device_info()
+    v, d = provenance.versions(), provenance.device_info()
     return (f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {d['backend']} "
             f"({d['device_kind']}, {d['cpu_count']} cores)")
 
@@ -225,7 +225,7 @@ def time_steps(specs: dict[str, "str | tuple[str, str]"], dataset: str, batch_si
     import numpy as np
 
     import jaxcnn
-    from jaxcnn.train import make_optimizer, split_keys, train_step
+    from jaxcnn.training import make_optimizer, split_keys, train_step
 
     ds = jaxcnn.load_dataset(dataset)
     pre = jaxcnn.Preprocess.fit(ds.train.images)

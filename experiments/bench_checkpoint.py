@@ -1,7 +1,7 @@
 """What checkpointing costs: keras_convnet trained with a checkpoint every epoch vs none.
 
 Three ways to train the same keras_convnet (28x28x1 synthetic images, batch
-128, Adam) for a few epochs with :func:`jaxcnn.train.fit`, measured side by
+128, Adam) for a few epochs with :func:`jaxcnn.training.fit`, measured side by
 side in one process, interleaved round by round (the order rotates):
 
 * ``none``: no checkpointing;
@@ -42,11 +42,11 @@ import jax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from jaxcnn import checkpoint as ckpt, env  # noqa: E402
+from jaxcnn import checkpoint as ckpt, compilation_cache, provenance  # noqa: E402
 from jaxcnn.config import CheckpointConfig, Config, OptimizerConfig, override  # noqa: E402
 from jaxcnn.data import Preprocess, load_synthetic  # noqa: E402
 from jaxcnn.models import build_model  # noqa: E402
-from jaxcnn.train import create_train_state, fit, make_optimizer, split_keys  # noqa: E402
+from jaxcnn.training import create_train_state, fit, make_optimizer, split_keys  # noqa: E402
 
 CONDITIONS = ("none", "async", "sync")
 
@@ -77,7 +77,7 @@ def run(examples: int = 4096, batch_size: int = 128, epochs: int = 3, rounds: in
     config = override(Config(), {"model.name": model_name, "data.batch_size": batch_size,
                                  "train.epochs": epochs})
     meta = {"config": config.to_dict(), "dataset": ds.metadata(), "preprocess": pre.to_dict(),
-            "steps_per_epoch": spe, "versions": env.versions()}
+            "steps_per_epoch": spe, "versions": provenance.versions()}
     root = tempfile.mkdtemp(prefix="bench_checkpoint_")
 
     def one(condition: str, index: int) -> dict:
@@ -134,7 +134,7 @@ def run(examples: int = 4096, batch_size: int = 128, epochs: int = 3, rounds: in
         "model": model_name, "params": int(n_params), "examples": len(ds.train),
         "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": spe, "rounds": rounds,
         "summary": summary, "rounds_detail": per_round,
-        "versions": env.versions(), "device": env.device_info(), "git_commit": env.git_commit(),
+        "versions": provenance.versions(), "device": provenance.device_info(), "git_commit": provenance.git_commit(),
     }
 
 
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "experiments",
                                                  "bench_checkpoint.json"))
     args = p.parse_args(argv)
-    env.enable_compilation_cache()
+    compilation_cache.enable_compilation_cache()
     result = run(args.examples, args.batch_size, args.epochs, args.rounds, args.model)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

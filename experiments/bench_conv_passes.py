@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from _common import save_figure  # noqa: E402
-from jaxcnn import env, ops  # noqa: E402
+from jaxcnn import ops, provenance  # noqa: E402
 
 # The wide layers of the zoo's models at batch 128 (28x28x1 and 32x32x3
 # inputs), batch 32 and 512, and two shapes the zoo does not have.
@@ -212,7 +212,7 @@ def main(argv=None):
         record = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
                   "compiler_options": options,
                   "rounds": args.rounds, "calls_per_round": args.calls,
-                  "versions": env.versions(), "device": env.device_info(), "git_commit": env.git_commit(ROOT),
+                  "versions": provenance.versions(), "device": provenance.device_info(), "git_commit": provenance.git_commit(ROOT),
                   "layers": results}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

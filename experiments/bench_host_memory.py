@@ -1,5 +1,5 @@
 """Training throughput with glibc's default malloc settings against
-``jaxcnn.env.reuse_host_memory`` (freed host memory kept for reuse).
+``jaxcnn.host_memory.reuse_host_memory`` (freed host memory kept for reuse).
 
 malloc settings are process-wide and apply to threads as they first
 allocate, so every measurement runs in a fresh subprocess that applies its
@@ -9,7 +9,7 @@ images/s, each child reports the kernel (system) CPU time and the minor page
 faults per step, from ``getrusage``: those are what the setting changes.
 
 Settings (``SETTINGS``): ``default`` (glibc as it starts); ``reuse``
-(:func:`jaxcnn.env.reuse_host_memory`, what ``jaxcnn train`` applies to a
+(:func:`jaxcnn.host_memory.reuse_host_memory`, what ``jaxcnn train`` applies to a
 step with more than 32 MiB of temporaries); ``reuse_single_heap`` (``reuse``
 and one heap for all threads, ``M_ARENA_MAX=1``); ``reuse_env`` (the
 settings of ``reuse_single_heap`` as glibc tunables, read at process start);
@@ -38,7 +38,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Per setting: how the child applies it. "mallopt...": jaxcnn.env.reuse_host_memory() at
+# Per setting: how the child applies it. "mallopt...": jaxcnn.host_memory.reuse_host_memory() at
 # start-up (and one heap for all threads); another string: glibc tunables in the child's
 # environment (read by glibc when the process starts).
 _REUSE_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1"
@@ -57,13 +57,13 @@ def child(args) -> dict:
     import resource
     import time
 
-    from jaxcnn import env
+    from jaxcnn import host_memory
 
     how = SETTINGS[args.setting] or ""
     if how.startswith("mallopt"):
-        env.reuse_host_memory()
+        host_memory.reuse_host_memory()
     if how == "mallopt_single_heap":
-        env._mallopt()(-8, 1)  # M_ARENA_MAX
+        host_memory._mallopt()(-8, 1)  # M_ARENA_MAX
     sys.path.insert(0, HERE)
     from bench_fast_path import make_step, run_steps
 

@@ -6,10 +6,10 @@ measured side by side in one process, interleaved round by round:
 * ``bare``: a loop of ``jax.jit(train_step, donate_argnums=0)`` (with the
   model path's compiler options, as fit uses) over batches
   that are already preprocessed, batched and on the device (no pipeline at all);
-* ``device``: :func:`jaxcnn.train.fit` with the training split on the device
+* ``device``: :func:`jaxcnn.training.fit` with the training split on the device
   (per-step gather from the epoch's permutation, preprocessing and the metric
   accumulator inside the compiled step);
-* ``stream``: :func:`jaxcnn.train.fit` streaming host batches through the
+* ``stream``: :func:`jaxcnn.training.fit` streaming host batches through the
   background prefetch thread.
 
 Each round times one epoch of each (after a warm-up that compiles everything),
@@ -40,10 +40,10 @@ import time
 import jax
 import numpy as np
 
-from jaxcnn import env, ops
+from jaxcnn import ops, provenance
 from jaxcnn.data import Preprocess, load_synthetic
 from jaxcnn.models import build_model
-from jaxcnn.train import create_train_state, fit, make_optimizer, split_keys, train_step
+from jaxcnn.training import create_train_state, fit, make_optimizer, split_keys, train_step
 from jaxcnn.config import OptimizerConfig
 
 
@@ -140,7 +140,7 @@ def run(examples: int = 2048, batch_size: int = 128, rounds: int = 15, model_nam
         "cpu_per_round": cpu_round,
         # Other work on the machine inflates the spread; the load says how much there was.
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "versions": env.versions(), "device": env.device_info(), "git_commit": env.git_commit(),
+        "versions": provenance.versions(), "device": provenance.device_info(), "git_commit": provenance.git_commit(),
     }
 
 

@@ -7,7 +7,7 @@ The public API, each piece usable on its own:
   ``Dense``, ``SoftmaxOutput``, as Flax linen modules;
 * models (:mod:`jaxcnn.models`): ``build_model`` from a zoo name, spec text
   or a list of layers, ``summary``;
-* training (:mod:`jaxcnn.train`): ``create_train_state``, the pure
+* training (:mod:`jaxcnn.training`): ``create_train_state``, the pure
   ``train_step`` and ``eval_step``, ``fit``, ``evaluate``, ``predict``;
 * data (:mod:`jaxcnn.data`): ``load_dataset``, ``from_arrays``;
 * configs (:mod:`jaxcnn.config`) and whole runs (:mod:`jaxcnn.run`).
@@ -26,7 +26,7 @@ from jaxcnn.errors import (ConfigError, DataError, JaxcnnError, NonFiniteLossErr
 from jaxcnn.layers import (AvgPooling2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPooling2D,
                            MaxPooling2D, SoftmaxOutput)
 from jaxcnn.models import Sequential, build_model, parse_spec, summary, to_spec
-from jaxcnn.train import (TrainState, create_train_state, eval_step, evaluate, fit,
+from jaxcnn.training import (TrainState, create_train_state, eval_step, evaluate, fit,
                           make_optimizer, predict, split_keys, train_step)
 from jaxcnn.run import train_and_evaluate
 

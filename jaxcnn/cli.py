@@ -18,6 +18,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from jaxcnn.compilation_cache import enable_compilation_cache
 from jaxcnn.errors import JaxcnnError, NonFiniteLossError
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
@@ -219,7 +220,7 @@ def _add_eval_parser(sub) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxcnn.checkpoint import load
     from jaxcnn.data import load_dataset
-    from jaxcnn.train import evaluate
+    from jaxcnn.training import evaluate
 
     r = load(args.workdir, _which(args))
     c = r.config
@@ -290,7 +291,7 @@ def _add_data_parser(sub) -> None:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from jaxcnn.tfds_data import prepare
+    from jaxcnn.data import prepare_tfds as prepare
 
     out = prepare(args.name, args.data_dir)
     print(f"prepared {out['name']} in {out['path']}: "
@@ -301,7 +302,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from jaxcnn.tfds_data import default_data_dir, list_prepared
+    from jaxcnn.data import default_data_dir, list_prepared
 
     root = default_data_dir(args.data_dir)
     found = list_prepared(root)
@@ -372,7 +373,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--reuse-host-memory", default="auto", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step, as `jaxcnn train` does "
                         "(glibc; auto: for a CPU step with 32-64 MiB of temporaries; "
-                        "jaxcnn.env.reuse_host_memory)")
+                        "jaxcnn.host_memory.reuse_host_memory)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
     p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
     p.add_argument("--rounds", type=int, default=1,
@@ -511,10 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_BAD_INPUT
-    if getattr(args, "compilation_cache", True):
-        from jaxcnn.env import enable_compilation_cache
-
-        enable_compilation_cache()
+    # Process-wide settings the command makes, visibly here: JAX's persistent
+    # compilation cache (JAXCNN_COMPILATION_CACHE=off opts out). `jaxcnn bench`
+    # turns it off around the compilations it times.
+    enable_compilation_cache()
     try:
         return args.func(args)
     except NonFiniteLossError as e:

@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-from jaxcnn import env
+from jaxcnn import host_memory
 from jaxcnn.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
@@ -221,12 +221,12 @@ class TrainConfig:
         one after the other, with one update from their summed gradients
         (1: the whole batch in one pass). ``auto`` splits batches of 64 to
         256 images into micro-batches of 32-64 images on the CPU fast path,
-        where that ran faster (:func:`jaxcnn.train.resolve_micro_batches`).
+        where that ran faster (:func:`jaxcnn.training.resolve_micro_batches`).
       reuse_host_memory: keep freed host memory in the process for reuse
-        (:func:`jaxcnn.env.reuse_host_memory`, process-wide). ``auto``: when
+        (:func:`jaxcnn.host_memory.reuse_host_memory`, process-wide). ``auto``: when
         the compiled CPU step's temporary buffer is 32-64 MiB, which glibc
         would otherwise map afresh and page-fault through every step
-        (:func:`jaxcnn.env.reuse_host_memory_for`).
+        (:func:`jaxcnn.host_memory.reuse_host_memory_for`).
 
     Example:
       >>> TrainConfig(epochs=3).seed
@@ -258,7 +258,7 @@ class TrainConfig:
             and self.micro_batches >= 1),
             f"train.micro_batches must be 'auto' or an int >= 1 (1: the whole batch in one "
             f"pass); got {self.micro_batches!r}")
-        _check(env.is_host_memory_setting(self.reuse_host_memory),
+        _check(host_memory.is_host_memory_setting(self.reuse_host_memory),
                f"train.reuse_host_memory must be auto, true or false; got "
                f"{self.reuse_host_memory!r}")
 

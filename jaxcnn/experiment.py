@@ -41,11 +41,11 @@ import shutil
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from jaxcnn import env
+from jaxcnn import provenance
 from jaxcnn.config import Config, override
 from jaxcnn.data import Dataset, Preprocess, load_dataset
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteLossError
-from jaxcnn.train import Callback
+from jaxcnn.training import Callback
 
 log = logging.getLogger("jaxcnn")
 
@@ -124,7 +124,7 @@ class _Recorder(Callback):
     def on_epoch_end(self, state, record):
         record = dict(record)
         if self.train_split is not None:
-            from jaxcnn.train import evaluate
+            from jaxcnn.training import evaluate
 
             m = evaluate(state, self.train_split, self.preprocess, self.batch_size)
             record |= {"train_eval_loss": m["loss"], "train_eval_accuracy": m["accuracy"]}
@@ -227,9 +227,9 @@ class SweepResult:
             "seeds": self.seeds,
             "rows": rows,
             "aggregate": self.aggregate(),
-            "versions": env.versions(),
-            "device": env.device_info(),
-            "git_commit": env.git_commit(),
+            "versions": provenance.versions(),
+            "device": provenance.device_info(),
+            "git_commit": provenance.git_commit(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
 

@@ -158,7 +158,7 @@ def predict_files(workdir: str, paths: Sequence[str], *, which="best", k: int = 
       3
     """
     from jaxcnn.checkpoint import load
-    from jaxcnn.train import predict
+    from jaxcnn.training import predict
 
     restored = load(workdir, which, sharding="numpy")
     uint8 = abs(restored.preprocess.scale - 1.0 / 255.0) < 1e-12

@@ -371,7 +371,7 @@ class SoftmaxOutput(nn.Module):
     It returns *logits* ``z``; the class probabilities are ``softmax(z)``.
     Training feeds the logits to softmax cross-entropy
     (``log_softmax`` computed stably, never ``log(softmax(z))``), and
-    :func:`jaxcnn.train.predict` applies the softmax. Keras's
+    :func:`jaxcnn.training.predict` applies the softmax. Keras's
     ``Dense(n, activation="softmax")`` is the same layer with the softmax folded in.
 
     Attributes:

@@ -1,7 +1,7 @@
 """A whole training run from a :class:`~jaxcnn.config.Config`: what ``jaxcnn train`` does.
 
 :func:`train_and_evaluate` follows one path: config -> dataset -> model ->
-train state -> :func:`jaxcnn.train.fit` -> test evaluation -> run directory.
+train state -> :func:`jaxcnn.training.fit` -> test evaluation -> run directory.
 Every check on the user's input (spec, shapes, batch size, devices) happens
 before the first step.
 
@@ -30,15 +30,14 @@ import time
 
 import jax
 
-from jaxcnn import env, sharding as shd
+from jaxcnn import _fs, provenance, sharding as shd
+from jaxcnn.host_memory import host_memory_state, reuse_host_memory
 from jaxcnn.config import Config
-from jaxcnn.data import Dataset, Preprocess, load_dataset
+from jaxcnn.data import Dataset, Preprocess, fit_options, load_dataset
 from jaxcnn.errors import ConfigError, JaxcnnError
 from jaxcnn.models import Sequential, build_model, summary, to_spec
-from jaxcnn.pipeline import fit_options
-from jaxcnn.train import (FitResult, TrainState, create_train_state, evaluate, fit,
-                          learning_rate_schedule, make_optimizer, resolve_micro_batches,
-                          split_keys)
+from jaxcnn.training import (ExecutionPolicy, FitResult, TrainState, build_state, evaluate, fit,
+                             resolve_policy, split_keys)
 
 log = logging.getLogger("jaxcnn")
 
@@ -56,6 +55,8 @@ class Run:
       keys: the run's keys.
       mesh: the device mesh.
       steps_per_epoch: training steps per epoch.
+      schedule: the optimiser's learning-rate schedule.
+      policy: how the training step is compiled and run.
     """
 
     config: Config
@@ -66,6 +67,8 @@ class Run:
     keys: object
     mesh: object
     steps_per_epoch: int
+    schedule: object = None
+    policy: ExecutionPolicy | None = None
 
     def meta(self) -> dict:
         """JSON-ready description of the run (dataset, preprocessing, model, environment)."""
@@ -77,9 +80,9 @@ class Run:
             "model": {"spec": to_spec(self.model.layers), "params": s.params,
                       "flops_per_image": s.flops},
             "steps_per_epoch": self.steps_per_epoch,
-            "versions": env.versions(),
-            "device": env.device_info(),
-            "git_commit": env.git_commit(),
+            "versions": provenance.versions(),
+            "device": provenance.device_info(),
+            "git_commit": provenance.git_commit(),
         }
 
 
@@ -96,7 +99,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
       dataset: use this dataset instead of ``config.data.dataset``.
 
     Returns:
-      A :class:`Run`, ready for :func:`jaxcnn.train.fit`.
+      A :class:`Run`, ready for :func:`jaxcnn.training.fit`.
 
     Raises:
       JaxcnnError: a bad spec, a shape that does not fit, a batch size that
@@ -109,7 +112,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     """
     if config.train.reuse_host_memory is True:
         # On from the start, for the data as well; "auto" waits for the compiled step (fit).
-        env.reuse_host_memory()
+        reuse_host_memory()
     if dataset is None:
         dataset = load_dataset(config.data.dataset,
                                validation_fraction=config.data.validation_fraction,
@@ -122,19 +125,22 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     summary(model, dataset.image_shape)  # raises ShapeError naming the layer that does not fit
     mesh = shd.make_mesh(config.train.num_devices)
     shd.check_batch_size(config.data.batch_size, mesh)
-    # A bad micro-batch setting fails here, before any data moves.
-    resolve_micro_batches(config.data.batch_size, config.train.micro_batches, config.model.impl,
-                          num_devices=mesh.devices.size)
+    # A bad micro-batch or host-memory setting fails here, before any data moves.
+    policy = resolve_policy(config.data.batch_size, impl=config.model.impl,
+                            micro_batches=config.train.micro_batches,
+                            host_memory=config.train.reuse_host_memory,
+                            num_devices=mesh.devices.size)
     steps_per_epoch = len(dataset.train) // config.data.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
             f"data.batch_size={config.data.batch_size} is larger than the training split "
             f"({len(dataset.train)} examples); use --batch-size {len(dataset.train)} or less")
-    preprocess = Preprocess.fit(dataset.train.images, normalize=config.data.normalize)
     keys = split_keys(config.train.seed)
-    tx = make_optimizer(config.optimizer, config.train.epochs * steps_per_epoch)
-    state = create_train_state(model, dataset.image_shape, tx, keys.init)
-    return Run(config, dataset, preprocess, model, state, keys, mesh, steps_per_epoch)
+    built = build_state(config, dataset.image_shape, dataset.num_classes, steps_per_epoch,
+                        key=keys.init)
+    preprocess = Preprocess.fit(dataset.train.images, normalize=config.data.normalize)
+    return Run(config, dataset, preprocess, built.model, built.state, keys, mesh,
+               steps_per_epoch, built.schedule, policy)
 
 
 def default_workdir(config: Config, root: str = "runs") -> str:
@@ -172,7 +178,7 @@ def train_and_evaluate(
       workdir: the run directory (created; default :func:`default_workdir`).
       dataset: train on this dataset instead of ``config.data.dataset``.
       progress: show a progress bar on stderr.
-      callbacks: extra :class:`~jaxcnn.train.Callback` hooks for ``fit``.
+      callbacks: extra :class:`~jaxcnn.training.Callback` hooks for ``fit``.
       force_new: when ``workdir`` holds checkpoints, start over in a new
         directory (``workdir-2``, ...) instead of resuming.
 
@@ -237,15 +243,13 @@ def train_and_evaluate(
             run.state, run.dataset, keys=run.keys, epochs=config.train.epochs,
             batch_size=config.data.batch_size, preprocess=run.preprocess,
             eval_batch_size=config.data.eval_batch_size, mesh=run.mesh,
-            learning_rate=learning_rate_schedule(config.optimizer,
-                                                 config.train.epochs * run.steps_per_epoch),
+            learning_rate=run.schedule,
             early_stopping_patience=config.train.early_stopping_patience,
             early_stopping_metric=config.train.early_stopping_metric,
             restore_best=config.train.restore_best,
             log_every_seconds=config.train.log_every_seconds,
             callbacks=callbacks, history=history, progress=progress,
-            micro_batches=config.train.micro_batches,
-            reuse_host_memory=config.train.reuse_host_memory,
+            policy=run.policy,
             **fit_options(config.data, run.dataset.image_shape))
     # Leaving the block waited for the last checkpoint write (and raised if it failed).
     train_seconds = time.perf_counter() - t_fit
@@ -275,7 +279,7 @@ def train_and_evaluate(
         "dataset": run.dataset.name,
         "seed": config.train.seed,
         # Whether freed host memory was kept for reuse (train.reuse_host_memory): CPU speed.
-        "host_memory": env.host_memory_state(),
+        "host_memory": host_memory_state(),
         "workdir": workdir,
     }
     if history and "val_accuracy" in history[-1]:
@@ -293,7 +297,7 @@ def train_and_evaluate(
 
 
 def _make_workdir(workdir: str) -> None:
-    problem = env.writable_dir_problem(workdir)
+    problem = _fs.writable_dir_problem(workdir)
     if problem:
         raise JaxcnnError(f"cannot write to the run directory {workdir!r}: {problem}; "
                           "choose another --workdir")

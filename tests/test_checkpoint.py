@@ -16,7 +16,7 @@ from jaxcnn.cli import EXIT_BAD_INPUT, EXIT_PREEMPTED, main
 from jaxcnn.config import CheckpointConfig, Config, override
 from jaxcnn.errors import ConfigError
 from jaxcnn.run import train_and_evaluate
-from jaxcnn.train import Callback, train_step
+from jaxcnn.training import Callback, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dropout is in the model so that resuming must also continue the key stream.
@@ -105,7 +105,7 @@ def test_checkpoint_meta_holds_config_preprocess_metrics_and_versions(reference)
     assert {"jax", "flax", "optax", "orbax"} <= set(r.meta["versions"])
     assert r.meta["dataset"]["name"] == "digits" and len(r.meta["history"]) == 2
     summary = json.load(open(os.path.join(ref_dir, "summary.json")))
-    from jaxcnn.env import host_memory_state
+    from jaxcnn.host_memory import host_memory_state
     assert summary["host_memory"] == host_memory_state()  # a small step: left as it was
 
 
@@ -188,7 +188,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 from jaxcnn.config import Config, override
 from jaxcnn.run import train_and_evaluate
-from jaxcnn.train import Callback
+from jaxcnn.training import Callback
 
 class KillDuringSave(Callback):
     def on_step_end(self, state, step):

@@ -92,7 +92,7 @@ def _run_page(page: str, workdir: str) -> subprocess.CompletedProcess:
     script = os.path.join(workdir, "snippets.py")
     # The test session's compilation cache (see conftest.py): pages that train the same
     # model share its compiled steps instead of compiling them once per page.
-    preamble = ("from jaxcnn.env import enable_compilation_cache\n"
+    preamble = ("from jaxcnn.compilation_cache import enable_compilation_cache\n"
                 "enable_compilation_cache(__import__('os').environ.get('JAXCNN_COMPILATION_CACHE'))\n")
     with open(script, "w") as f:
         f.write(preamble + "\n\n".join(blocks))
@@ -168,4 +168,4 @@ def test_api_reference_builds_without_warnings(tmp_path):
     for module in result["modules"]:  # every top-level module has its page
         page = tmp_path / (module.replace(".", "/") + ".html")
         assert page.exists(), f"no API page for {module}"
-    assert "One optimisation step" in (tmp_path / "jaxcnn" / "train.html").read_text()
+    assert "One optimisation step" in (tmp_path / "jaxcnn" / "training.html").read_text()

@@ -6,12 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn.data import Preprocess, Split, from_arrays, load_synthetic
+from jaxcnn.data import (Augment, Prefetcher, Preprocess, Split, augment_batch, augment_key,
+                         choose_pipeline, from_arrays, load_synthetic, resolve_augment)
 from jaxcnn.models import build_model
-from jaxcnn.pipeline import (Augment, Prefetcher, augment_batch, augment_key, choose_pipeline,
-                             resolve_augment)
-from jaxcnn.train import (Callback, _jit_permutation, create_train_state, evaluate, fit,
-                          split_keys)
+from jaxcnn.training import Callback, create_train_state, evaluate, fit, split_keys
+from jaxcnn.training._fit import _jit_permutation
 
 SPEC = "conv(4,3) maxpool(2) flatten dropout(0.5) softmax"
 

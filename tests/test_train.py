@@ -9,7 +9,7 @@ from jaxcnn.data import Preprocess, from_arrays, load_dataset
 from jaxcnn.errors import ConfigError, NonFiniteLossError
 from jaxcnn.models import build_model
 from jaxcnn.run import prepare, train_and_evaluate
-from jaxcnn.train import (create_train_state, cross_entropy, eval_step, evaluate, fit,
+from jaxcnn.training import (create_train_state, cross_entropy, eval_step, evaluate, fit,
                           make_optimizer, predict, split_keys, train_step, learning_rate_schedule)
 
 SMALL = "conv(8, 3, padding=same) maxpool(2) dropout(0.25) flatten dense(16, relu) softmax"
@@ -180,18 +180,33 @@ def test_train_and_evaluate_writes_the_run_directory(tmp_path):
 
 
 def test_compiled_steps_take_the_xla_options_of_the_models_path():
-    from jaxcnn import ops, train
+    from jaxcnn import ops
+    from jaxcnn.data import Preprocess
     from jaxcnn.models import build_model
+    from jaxcnn.training import TrainProgram, jit_with, resolve_policy
+    from jaxcnn.training._evaluate import compiled_eval, compiled_predict, eval_call, predict_call
     for impl in ("xla", "fast"):
         state = create_train_state(build_model("flatten softmax", 3, impl=impl), (2, 2, 1),
                                    optax.adam(1e-2), jax.random.key(0))
-        assert train.model_impl(state) == impl
-        for name in ("loop", "stream", "eval", "predict"):
-            fn = train._compiled(name, train.model_impl(state))
-            assert fn is train._jitted(name, tuple(sorted(ops.compiler_options(impl).items())))
+        options = tuple(sorted(ops.compiler_options(impl).items()))
+        assert compiled_eval(state) is jit_with(eval_call, options,
+                                                static_argnames=("preprocess",))
+        assert compiled_predict(state) is jit_with(predict_call, options,
+                                                   static_argnames=("apply_fn", "preprocess"))
+        policy = resolve_policy(4, impl=impl)
+        assert policy.compiler_options == options
+        program = TrainProgram(policy, 4, Preprocess(1.0, (0.0,), (1.0,)))
+        data = (jnp.ones((4, 2, 2, 1)), jnp.zeros(4, jnp.int32))
+        carry = program.init_carry(state)
+        (lowered,) = program.lower(state, carry, data, jax.random.key(1))
+        state, carry = program.step(state, carry, data, jax.random.key(1))
+        assert int(state.step) == 1
     # Different options, different compiled functions (where this jaxlib knows them).
     if ops.compiler_options("fast"):
-        assert train._compiled("eval", "fast") is not train._compiled("eval", "xla")
+        states = {impl: create_train_state(build_model("flatten softmax", 3, impl=impl),
+                                           (2, 2, 1), optax.adam(1e-2), jax.random.key(0))
+                  for impl in ("fast", "xla")}
+        assert compiled_eval(states["fast"]) is not compiled_eval(states["xla"])
 
 
 # --- micro-batches -----------------------------------------------------------------
@@ -246,7 +261,7 @@ def test_micro_batches_sum_the_gradients_of_their_own_dropout_keys(digits):
 
 
 def test_resolve_micro_batches():
-    from jaxcnn.train import resolve_micro_batches as r
+    from jaxcnn.training import resolve_micro_batches as r
 
     assert [r(b, impl="fast", backend="cpu") for b in (32, 63, 64, 100, 128, 200, 256, 257)] == \
         [1, 1, 2, 3, 4, 4, 4, 1]  # micro-batches of 32-64 images, as measured

@@ -1,4 +1,4 @@
-"""jaxcnn.env.reuse_host_memory: glibc keeps freed host memory for the next step.
+"""jaxcnn.host_memory: glibc keeps freed host memory for the next step.
 
 malloc settings are process-wide, so each case runs in a fresh interpreter and
 counts the minor page faults of allocating (``malloc``), filling and freeing
@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from jaxcnn import env
+from jaxcnn import host_memory
 from jaxcnn.config import TrainConfig
 from jaxcnn.errors import ConfigError
 
@@ -25,15 +25,15 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
 
 _PROBE = textwrap.dedent("""
     import ctypes, json, resource, sys
-    from jaxcnn import env
+    from jaxcnn import host_memory
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
     libc.free.argtypes = (ctypes.c_void_p,)
     for step in sys.argv[1].split(","):
         if step == "reuse":
-            env.reuse_host_memory()
+            host_memory.reuse_host_memory()
         elif step == "default":
-            env.reuse_host_memory(False)
+            host_memory.reuse_host_memory(False)
     faults = []
     for _ in range(4):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -41,7 +41,7 @@ _PROBE = textwrap.dedent("""
         ctypes.memset(buf, 1, 48 << 20)
         libc.free(buf)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    print(json.dumps({"faults": faults, "state": env.host_memory_state()}))
+    print(json.dumps({"faults": faults, "state": host_memory.host_memory_state()}))
 """)
 
 
@@ -74,23 +74,23 @@ def test_reuse_can_be_turned_back_off():
 
 
 def test_reuse_reports_whether_it_applied():
-    applied = env.reuse_host_memory()
+    applied = host_memory.reuse_host_memory()
     assert applied == (platform.libc_ver()[0] == "glibc")
-    assert env.host_memory_state() == ("reuse" if applied else None)
+    assert host_memory.host_memory_state() == ("reuse" if applied else None)
 
 
 _AUTO = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp
     import os
-    from jaxcnn import env
+    from jaxcnn import host_memory
     os.environ.pop("GLIBC_TUNABLES", None)  # what glibc read at start counts, not os.environ now
     n = int(sys.argv[1])
     x = jnp.ones((n, n))
     compiled = jax.jit(lambda x: ((x * 2) @ x)[0]).lower(x).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
-    on = env.reuse_host_memory_for(compiled, "auto")
-    print(json.dumps({"temp": temp, "on": on, "state": env.host_memory_state()}))
+    on = host_memory.reuse_host_memory_for(compiled, "auto")
+    print(json.dumps({"temp": temp, "on": on, "state": host_memory.host_memory_state()}))
 """)
 
 
@@ -107,7 +107,7 @@ def test_auto_reuses_memory_only_where_it_saves_the_page_faults(n, tunables, exp
                          check=True, timeout=120, env=child_env)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     temp = got["temp"]
-    assert (env.MMAP_THRESHOLD_MAX < temp <= env.THREAD_HEAP_MAX) == (n == 2560), got
+    assert (host_memory.MMAP_THRESHOLD_MAX < temp <= host_memory.THREAD_HEAP_MAX) == (n == 2560), got
     assert got["on"] is expect and got["state"] == ("reuse" if expect else None), got
 
 
@@ -117,8 +117,8 @@ def test_reuse_host_memory_for_checks_the_setting():
 
     compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(3)).compile()
     with pytest.raises(ValueError, match="'auto', True or False"):
-        env.reuse_host_memory_for(compiled, "yes")
-    assert env.reuse_host_memory_for(compiled, True) == (platform.libc_ver()[0] == "glibc")
+        host_memory.reuse_host_memory_for(compiled, "yes")
+    assert host_memory.reuse_host_memory_for(compiled, True) == (platform.libc_ver()[0] == "glibc")
 
 
 def test_train_config_checks_reuse_host_memory():
@@ -148,17 +148,17 @@ def test_reuse_host_memory_cli():
 _FIT = textwrap.dedent("""
     import json, sys
     import jax, optax
-    from jaxcnn import env
+    from jaxcnn import host_memory
     from jaxcnn.data import Preprocess, load_dataset
     from jaxcnn.models import build_model
-    from jaxcnn.train import create_train_state, fit, split_keys
+    from jaxcnn.training import create_train_state, fit, split_keys
     ds = load_dataset("synthetic:28x28x1:10:256")
     state = create_train_state(build_model(sys.argv[1], ds.num_classes), ds.image_shape,
                                optax.adam(1e-3), jax.random.key(0))
     setting = {"auto": "auto", "on": True, "off": False}[sys.argv[2]]
     fit(state, ds, keys=split_keys(0), epochs=1, batch_size=128, progress=False,
         preprocess=Preprocess.fit(ds.train.images), reuse_host_memory=setting)
-    print(json.dumps({"state": env.host_memory_state()}))
+    print(json.dumps({"state": host_memory.host_memory_state()}))
 """)
 
 
@@ -173,3 +173,62 @@ def test_fit_applies_the_setting_for_its_compiled_step(spec, setting, expect):
     out = subprocess.run([sys.executable, "-c", _FIT, spec, setting], capture_output=True,
                          text=True, check=True, timeout=300)
     assert json.loads(out.stdout.strip().splitlines()[-1])["state"] == expect
+
+
+_NOTICE = textwrap.dedent("""
+    import json, logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from jaxcnn import host_memory
+    first = host_memory.reuse_host_memory()
+    second = host_memory.reuse_host_memory()
+    print(json.dumps({"first": first, "second": second, "state": host_memory.host_memory_state(),
+                      "user": host_memory.user_settings()}))
+""")
+
+
+def _notice(env_extra):
+    out = subprocess.run([sys.executable, "-c", _NOTICE], capture_output=True, text=True,
+                         check=True, timeout=120, env=dict(os.environ, **env_extra))
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+@glibc_only
+def test_turning_reuse_on_says_so_once_and_how_to_turn_it_off():
+    got, stderr = _notice({})
+    assert got["first"] and got["second"] and got["state"] == "reuse"
+    lines = [line for line in stderr.splitlines() if "glibc malloc" in line]
+    assert len(lines) == 1, stderr
+    assert "--reuse-host-memory off" in lines[0]
+
+
+@glibc_only
+def test_settings_from_the_environment_win():
+    # One parameter set by the user: jaxcnn changes only the other, and says which it kept.
+    got, stderr = _notice({"MALLOC_MMAP_MAX_": "65536"})
+    assert got["first"] and got["user"] == {"MALLOC_MMAP_MAX_": "65536"}
+    assert "kept from the environment: MALLOC_MMAP_MAX_" in stderr
+    # Both set (here through GLIBC_TUNABLES): nothing to change, nothing said.
+    got, stderr = _notice({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536:"
+                                             "glibc.malloc.trim_threshold=131072"})
+    assert got["first"] is False and got["state"] is None
+    assert "glibc malloc" not in stderr
+
+
+@glibc_only
+def test_user_settings_keep_their_page_faults():
+    # The user asked glibc for fresh mappings (MALLOC_MMAP_MAX_ kept): reuse does not undo it.
+    out = subprocess.run([sys.executable, "-c", _PROBE, "reuse"], capture_output=True,
+                         text=True, check=True, timeout=120,
+                         env=dict(os.environ, MALLOC_MMAP_MAX_="65536"))
+    faults = json.loads(out.stdout.strip().splitlines()[-1])["faults"]
+    assert min(faults) > 0.9 * (48 << 20) // 4096, faults
+
+
+def test_the_library_leaves_the_allocator_alone_by_default():
+    import inspect
+
+    from jaxcnn.bench import BenchConfig
+    from jaxcnn.training import fit
+
+    assert inspect.signature(fit).parameters["reuse_host_memory"].default is False
+    assert BenchConfig().reuse_host_memory is False

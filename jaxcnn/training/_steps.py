@@ -1,0 +1,185 @@
+"""The pure steps: ``train_step(state, batch, key)`` and ``eval_step(state, batch)``.
+
+Plain functions, jit-able and testable without jit. Every loop (``fit``,
+``jaxcnn bench``, a user's own) calls these.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn.training._state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy from logits and integer labels.
+
+    Computed as ``logsumexp(z) - z[label]``, which stays finite even when
+    ``softmax(z)`` underflows to 0.
+
+    Example:
+      >>> float(cross_entropy(jnp.array([[0.0, 1000.0]]), jnp.array([0]))[0])
+      1000.0
+    """
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def micro_batch_bounds(n: int, micro_batches: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: ``n`` examples cut into near-equal micro-batches.
+
+    Example:
+      >>> micro_batch_bounds(10, 3)
+      [(0, 3), (3, 7), (7, 10)]
+    """
+    bounds = np.linspace(0, n, micro_batches + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array,
+                         step_key: jax.Array, *, total: int, micro_batches: int = 1,
+                         first_index: int = 0, grads=None, split: bool | None = None):
+    """Gradients of ``sum(loss) / total`` over ``images``, as micro-batches in sequence.
+
+    The building block of :func:`train_step`, and of steps that spread one
+    batch over several compiled calls: call it once per chunk with
+    ``first_index`` counting the micro-batches before it and ``grads`` the
+    sum so far, then apply the sum once. Micro-batch ``i`` (counted over the
+    whole batch) draws its dropout masks from ``fold_in(step_key, i)``;
+    a single micro-batch uses ``step_key`` itself.
+
+    Args:
+      state: the train state (its ``params`` and ``apply_fn``).
+      images: preprocessed ``(n, H, W, C)`` images of this call.
+      labels: ``(n,)`` integer labels.
+      step_key: this step's dropout key (``fold_in(run_key, state.step)``).
+      total: examples in the whole batch (the mean's denominator).
+      micro_batches: micro-batches ``images`` runs as.
+      first_index: micro-batches of this batch before this call.
+      grads: gradients to add to (None: start from these).
+      split: whether the batch runs as several micro-batches in all (default:
+        ``micro_batches > 1 or first_index > 0``); decides between
+        ``fold_in(step_key, i)`` and ``step_key`` for the dropout masks.
+
+    Returns:
+      ``(grads, loss_sum, correct)``: summed gradients, ``sum(loss) / total``
+      and the number of correct predictions of this call.
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> from jaxcnn.training import create_train_state
+      >>> s = create_train_state(build_model("flatten softmax", 2), (2, 2, 1),
+      ...                        optax.adam(1e-2), jax.random.key(0))
+      >>> g, loss, correct = accumulate_gradients(s, jnp.ones((4, 2, 2, 1)), jnp.zeros(4, int),
+      ...                                         jax.random.key(1), total=4)
+      >>> jax.tree.structure(g) == jax.tree.structure(s.params)
+      True
+    """
+    n = labels.shape[0]
+    if split is None:
+        split = micro_batches > 1 or first_index > 0
+    parts = [(images[a:b], labels[a:b],
+              jax.random.fold_in(step_key, first_index + i) if split else step_key)
+             for i, (a, b) in enumerate(micro_batch_bounds(n, micro_batches))]
+
+    def loss_fn(params, x, y, k):
+        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
+        # Summed over the micro-batch and divided by the whole batch: the
+        # micro-batches' gradients add up to the gradient of the batch mean.
+        return cross_entropy(logits, y).sum() / total, logits
+
+    loss, correct = 0.0, 0
+    for x, y, k in parts:
+        if grads is not None:
+            # The next micro-batch starts once this one's gradient exists, so
+            # XLA runs them one after the other rather than interleaved.
+            grads, x = jax.lax.optimization_barrier((grads, x))
+        (part_loss, logits), part_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, x, y, k)
+        grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
+        loss = loss + part_loss
+        correct = correct + jnp.sum(jnp.argmax(logits, -1) == y)
+    return grads, loss, correct
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
+               micro_batches: int = 1) -> tuple[TrainState, Metrics]:
+    """One optimisation step: forward, loss, backward and update.
+
+    Pure and jit-able. The dropout key of this step is
+    ``fold_in(key, state.step)``, so pass the run's dropout key unchanged at
+    every step.
+
+    With ``micro_batches=k > 1`` the batch runs as ``k`` near-equal
+    micro-batches, one after the other, whose gradients add up to the
+    gradient of the whole batch's mean loss; the optimiser then updates once.
+    Without dropout that is the one-pass step up to float rounding; with
+    dropout, micro-batch ``i`` draws its masks from ``fold_in(step_key, i)``
+    (other masks than the one-pass step's, from the same distribution).
+    :func:`jaxcnn.training.resolve_policy` picks ``k`` for ``fit``; jit with
+    ``static_argnames="micro_batches"``.
+
+    Args:
+      state: the current :class:`TrainState`.
+      batch: ``{"image": (N, H, W, C) float32, "label": (N,) int}``
+        (preprocessed images).
+      key: the run's dropout key.
+      micro_batches: how many micro-batches the batch runs as (1: one pass).
+
+    Returns:
+      ``(new_state, {"loss": mean loss, "accuracy": mean accuracy})``.
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> from jaxcnn.training import create_train_state
+      >>> state = create_train_state(build_model("conv(4,3) flatten dropout(0.5) softmax", 3),
+      ...                            (6, 6, 1), optax.adam(1e-2), jax.random.key(0))
+      >>> batch = {"image": jnp.ones((8, 6, 6, 1)), "label": jnp.arange(8) % 3}
+      >>> step = jax.jit(train_step, donate_argnums=0)
+      >>> state, metrics = step(state, batch, jax.random.key(1))
+      >>> int(state.step), sorted(metrics)
+      (1, ['accuracy', 'loss'])
+    """
+    n = batch["label"].shape[0]
+    grads, loss, correct = accumulate_gradients(
+        state, batch["image"], batch["label"], jax.random.fold_in(key, state.step), total=n,
+        micro_batches=micro_batches)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": loss, "accuracy": correct / n}
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    """Loss and accuracy of a batch in evaluation mode (no dropout).
+
+    Args:
+      state: the train state.
+      batch: ``{"image", "label"}`` and optionally ``"mask"`` (1 for real
+        examples, 0 for padding).
+
+    Returns:
+      ``{"loss": mean, "accuracy": mean, "count": examples}`` over the
+      unmasked examples (means are 0 when ``count`` is 0).
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> from jaxcnn.training import create_train_state
+      >>> state = create_train_state(build_model("flatten softmax", 3), (2, 2, 1),
+      ...                            optax.adam(1e-2), jax.random.key(0))
+      >>> m = eval_step(state, {"image": jnp.ones((4, 2, 2, 1)), "label": jnp.zeros(4, int),
+      ...                       "mask": jnp.array([1, 1, 1, 0])})
+      >>> int(m["count"])
+      3
+    """
+    logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
+    mask = batch.get("mask")
+    mask = jnp.ones(logits.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    count = mask.sum()
+    denom = jnp.maximum(count, 1.0)
+    loss = (cross_entropy(logits, batch["label"]) * mask).sum() / denom
+    correct = ((jnp.argmax(logits, -1) == batch["label"]) * mask).sum() / denom
+    return {"loss": loss, "accuracy": correct, "count": count}
