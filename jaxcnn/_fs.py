@@ -28,3 +28,8 @@ def writable_dir_problem(directory: str) -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+__all__ = [
+    "writable_dir_problem",
+]

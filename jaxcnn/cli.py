@@ -532,3 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry_point() -> None:
     """Console-script wrapper around :func:`main`."""
     sys.exit(main())
+
+
+__all__ = [
+    "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_ERROR", "EXIT_OK", "EXIT_PREEMPTED", "build_parser",
+    "config_from_args", "entry_point", "main",
+]

@@ -477,3 +477,9 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+__all__ = [
+    "BEST_METRICS", "CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OPTIMIZERS",
+    "OptimizerConfig", "SCHEDULES", "TrainConfig", "override", "parse_overrides",
+]

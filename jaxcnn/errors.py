@@ -91,3 +91,8 @@ class NonFiniteLossError(JaxcnnError):
         super().__init__(message)
         self.step = step
         self.state = state
+
+
+__all__ = [
+    "ConfigError", "DataError", "JaxcnnError", "NonFiniteLossError", "ShapeError", "SpecError",
+]

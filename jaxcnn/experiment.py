@@ -481,3 +481,9 @@ def _json_default(obj):
         return float(obj)
     except (TypeError, ValueError):
         return str(obj)
+
+
+__all__ = [
+    "CELL_FILE", "METRICS", "SweepResult", "cell_name", "grid", "load_sweep", "point_key",
+    "run_sweep",
+]

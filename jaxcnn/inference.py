@@ -173,3 +173,8 @@ def predict_files(workdir: str, paths: Sequence[str], *, which="best", k: int = 
             for name, row in zip(names, rows)
         ],
     }
+
+
+__all__ = [
+    "IMAGE_SUFFIXES", "predict_files", "read_inputs", "top_k",
+]

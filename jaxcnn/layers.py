@@ -404,3 +404,9 @@ class SoftmaxOutput(nn.Module):
                 "or GlobalAvgPooling2D layer before the output layer."
             )
         return _affine(self, x, self.num_classes, True).astype(jnp.float32)
+
+
+__all__ = [
+    "ACTIVATIONS", "AvgPooling2D", "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPooling2D",
+    "MaxPooling2D", "PADDINGS", "SoftmaxOutput",
+]

@@ -651,3 +651,9 @@ def _flops(layer: nn.Module, in_shape, out_shape) -> int:
     if isinstance(layer, L.GlobalAvgPooling2D):
         return math.prod(in_shape)
     return 0
+
+
+__all__ = [
+    "DEFAULT_MODEL", "LAYER_TYPES", "LayerRow", "LayerSpec", "ModelSummary", "Sequential", "ZOO",
+    "build_model", "layer_names", "model_spec", "parse_spec", "summary", "to_spec",
+]

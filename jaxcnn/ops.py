@@ -701,3 +701,9 @@ def _fast_avg_pool(x, window, padding):
         counts.append(np.minimum(start + w, size) - np.maximum(start, 0))
     per_window = np.outer(counts[0], counts[1]).astype(np.float32)[None, :, :, None]
     return total / jnp.asarray(per_window, x.dtype)
+
+
+__all__ = [
+    "IMPLS", "avg_pool", "avg_pool_path", "compiler_options", "conv2d", "conv2d_path", "max_pool",
+    "max_pool_path", "paths", "record_paths", "resolve_impl",
+]

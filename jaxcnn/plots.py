@@ -54,3 +54,8 @@ def learning_curves(history: Sequence[dict], path: str, title: str = "") -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+__all__ = [
+    "learning_curves",
+]

@@ -331,3 +331,8 @@ def write_history(workdir: str, history: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
+
+
+__all__ = [
+    "Run", "default_workdir", "prepare", "train_and_evaluate", "write_history",
+]

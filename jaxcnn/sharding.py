@@ -71,3 +71,8 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "data.batch_size")
             f"{what}={batch_size} does not divide evenly over {n} devices; use a multiple of "
             f"{n} (e.g. {max(n, batch_size // n * n)}) or set train.num_devices"
         )
+
+
+__all__ = [
+    "DATA_AXIS", "batch_sharding", "check_batch_size", "make_mesh", "replicated",
+]

@@ -8,8 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn.bench import BenchConfig
-from jaxcnn.bench._measure import bench_data, train_program
+from jaxcnn.bench import BenchConfig, bench_data, train_program
 from jaxcnn.data import Augment, Preprocess, from_arrays, resolve_augment
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model

@@ -104,6 +104,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "params": first.get("params"), "rounds": len(members),
             "impl": first.get("impl"), "op_paths": first.get("op_paths"),
             "micro_batches": first.get("micro_batches"),
+            "chunks": first.get("chunks"),
             "host_memory": first.get("host_memory"),
             "status": "ok" if ok else (first.get("status") or "error"),
             "error": None if ok else first.get("error"),
@@ -173,8 +174,11 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
             mode = a.get("mode") or "-"
             if a["framework"] == "jaxcnn" and a.get("impl"):
                 mode = f"{mode} {a['impl']}"
-            if a["framework"] == "jaxcnn" and (a.get("micro_batches") or 1) > 1:
-                mode = f"{mode} {a['micro_batches']}x{a['batch_size'] // a['micro_batches']}"
+            chunks, k = a.get("chunks") or 1, a.get("micro_batches") or 1
+            if a["framework"] == "jaxcnn" and (k > 1 or chunks > 1):
+                # e.g. "4x32" (4 micro-batches of 32), "4*4x32" (4 calls of 4 x 32)
+                calls = f"{chunks}*" if chunks > 1 else ""
+                mode = f"{mode} {calls}{k}x{a['batch_size'] // (k * chunks)}"
             cells = (
                 a["framework"], mode, str(a["batch_size"]),
                 _fmt(a["compile_seconds"], ".2f"),

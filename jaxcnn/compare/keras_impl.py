@@ -202,6 +202,9 @@ def bench(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+__all__ = ["bench", "build_keras_model"]
+
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     raise SystemExit(child_main(bench))
+

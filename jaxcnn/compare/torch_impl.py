@@ -239,5 +239,8 @@ def bench(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+__all__ = ["bench", "build_torch_model"]
+
 if __name__ == "__main__":
     raise SystemExit(child_main(bench))
+
