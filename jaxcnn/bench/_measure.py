@@ -50,6 +50,10 @@ def _compile_cache(enabled: bool):
             events.append("miss")
 
     previous = jax.config.jax_enable_compilation_cache
+    # The step functions are shared (one jitted function per program, as fit uses them),
+    # so a second round in this process would find its compilation in memory: clear
+    # JAX's in-memory caches so that every row's compile time is a compilation.
+    jax.clear_caches()
     if not enabled:
         jax.config.update("jax_enable_compilation_cache", False)
         # JAX decides once per process whether the cache is in use; reset so
