@@ -150,13 +150,22 @@ def test_cifar_like_data_augments_by_default():
     from jaxcnn.run import prepare as prepare_run
 
     with tfds.testing.mock_data(num_examples=8):
+        # 8 images of 10 classes: too few to hold any out for validation.
         run = prepare_run(override(Config(), {"data.dataset": "cifar10", "data.batch_size": 4,
+                                              "data.validation_fraction": 0.0,
                                               "train.num_devices": 1}))
     assert run.meta()["augment"] == {"crop_padding": 4, "flip": True}
     # The dataset's metadata sized the model: 32x32x3 input, 10 outputs.
     assert run.meta()["model"]["params"] > 0
     logits = run.model.apply({"params": run.state.params}, np.zeros((1, 32, 32, 3), np.float32))
     assert logits.shape == (1, 10)
+
+
+def test_mock_data_too_small_to_hold_out_validation():
+    with tfds.testing.mock_data(num_examples=8):
+        with pytest.raises(DataError, match=r"data.validation_fraction=0.1 of 8 training images "
+                                            r"holds out no validation image"):
+            load_dataset("cifar10", validation_fraction=0.1)
 
 
 # --- really prepared data, read through tfds.data_source (ArrayRecord)

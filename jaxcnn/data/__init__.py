@@ -24,6 +24,15 @@ Names understood by :func:`load_dataset`:
 
 Your own arrays become a dataset with :func:`from_arrays`.
 
+Limits: every source checks what a file header or a name declares before
+allocating: a dataset may take at most :data:`MEMORY_BUDGET_BYTES` of host
+memory (half the physical memory, at most 256 GiB;
+``JAXCNN_DATA_MEMORY_BUDGET=BYTES`` overrides it) and have at most
+:data:`MAX_CLASSES` classes. Labels are checked against the class count the
+data declares, or, without one, against the rule of :func:`infer_num_classes`.
+Bad data raises :class:`~jaxcnn.errors.DataError` naming the file and the
+offending value.
+
 The input pipeline (:func:`choose_pipeline`, :class:`Prefetcher`,
 :func:`augment_batch`) feeds a training split to the device: all of it on the
 device at once, or streamed batch by batch from the host, with keyed
@@ -35,10 +44,12 @@ Example:
   ((8, 8, 1), 10, 1437, 360)
 """
 
-from jaxcnn.data._core import (Dataset, Preprocess, Split, UnknownDatasetError, as_images,
-                               from_arrays)
+from jaxcnn.data._core import (MAX_CLASSES, MEMORY_BUDGET_BYTES, Dataset, Preprocess, Split,
+                               UnknownDatasetError, as_images, check_memory, from_arrays,
+                               infer_num_classes)
 from jaxcnn.data._embedded import load_digits
-from jaxcnn.data._files import find_idx_files, load_idx, load_npz, read_idx, write_idx
+from jaxcnn.data._files import (find_idx_files, idx_header, load_idx, load_npz, read_idx,
+                                read_npy, write_idx)
 from jaxcnn.data._pipeline import (Augment, Prefetcher, augment_batch, augment_key,
                                    choose_pipeline, device_memory_budget, fit_options,
                                    resolve_augment)
@@ -50,9 +61,11 @@ from jaxcnn.data._tfds import (SourceImages, default_data_dir, list_prepared, lo
 __all__ = [
     # core types and your own arrays
     "Dataset", "Preprocess", "Split", "UnknownDatasetError", "as_images", "from_arrays",
+    # limits on what data may declare
+    "MAX_CLASSES", "MEMORY_BUDGET_BYTES", "check_memory", "infer_num_classes",
     # the registry and its sources
     "DEFAULT_DATASET", "load_dataset", "load_digits", "load_synthetic",
-    "find_idx_files", "load_idx", "load_npz", "read_idx", "write_idx",
+    "find_idx_files", "idx_header", "load_idx", "load_npz", "read_idx", "read_npy", "write_idx",
     "SourceImages", "default_data_dir", "list_prepared", "load_tfds", "prepare_tfds",
     # the input pipeline
     "Augment", "Prefetcher", "augment_batch", "augment_key", "choose_pipeline",
