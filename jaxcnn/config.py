@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Mapping
@@ -28,9 +29,44 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
+# The largest seed: jax.random.key and NumPy's generators take 0 ... 2**63 - 1.
+MAX_SEED = 2**63 - 1
+# The largest count (epochs, steps, batch sizes, ...): the training step counter is an int32.
+MAX_COUNT = 2**31 - 1
+# Ints that may exceed MAX_COUNT (checked to fit in an int64 instead).
+_BIG_INTS = {"memory_budget_bytes"}
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
+
+
+def _check_numbers(section: Any, name: str) -> None:
+    """Refuses non-finite floats, ints out of range and NUL characters in a config section.
+
+    Runs before the section's own checks, so they compare ordinary numbers.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, str) and "\x00" in v:  # no path or name holds one
+                raise ConfigError(f"{name}.{f.name} must not contain a NUL character; got "
+                                  f"{_show(v)}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name}.{f.name} must be a finite number; got {v!r}")
+            if (isinstance(v, int) and not isinstance(v, bool) and "int" in str(f.type)
+                    and f.name != "seed"):  # the seed has a range of its own
+                top = MAX_SEED if f.name in _BIG_INTS else MAX_COUNT
+                _check(-top - 1 <= v <= top,
+                       f"{name}.{f.name} must be at most {top}; got {_show(v)}"
+                       if v > 0 else f"{name}.{f.name} is out of range; got {_show(v)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +89,7 @@ class ModelConfig:
     impl: str = "auto"
 
     def __post_init__(self):
+        _check_numbers(self, "model")
         _check(isinstance(self.name, str) and self.name.strip() != "",
                "model.name must be a zoo name or spec text")
         _check(self.dtype in ("float32", "bfloat16", "float16"),
@@ -102,6 +139,7 @@ class OptimizerConfig:
     grad_clip_norm: float | None = None
 
     def __post_init__(self):
+        _check_numbers(self, "optimizer")
         _check(self.name in OPTIMIZERS,
                f"optimizer.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
         _check(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0,
@@ -182,6 +220,7 @@ class DataConfig:
     flip: bool = True
 
     def __post_init__(self):
+        _check_numbers(self, "data")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
                f"data.batch_size must be a positive int; got {self.batch_size!r}")
         _check(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
@@ -244,9 +283,12 @@ class TrainConfig:
     reuse_host_memory: bool | str = "auto"
 
     def __post_init__(self):
+        _check_numbers(self, "train")
         _check(isinstance(self.epochs, int) and self.epochs >= 1,
                f"train.epochs must be a positive int; got {self.epochs!r}")
-        _check(isinstance(self.seed, int), f"train.seed must be an int; got {self.seed!r}")
+        _check(isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
+               f"train.seed must be an int from 0 to {MAX_SEED} (2**63 - 1); got "
+               f"{_show(self.seed)}")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0")
         _check(self.early_stopping_metric in ("val_loss", "val_accuracy"),
                "train.early_stopping_metric must be val_loss or val_accuracy")
@@ -299,6 +341,7 @@ class CheckpointConfig:
     async_save: bool = True
 
     def __post_init__(self):
+        _check_numbers(self, "checkpoint")
         _check(isinstance(self.every_steps, int) and self.every_steps >= 0,
                f"checkpoint.every_steps must be an int >= 0 (0: off); got {self.every_steps!r}")
         _check(isinstance(self.every_epochs, int) and self.every_epochs >= 0,
@@ -352,16 +395,71 @@ class Config:
         return _from_dict(cls, d, "")
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
-        """Builds a config from JSON text (see :meth:`from_dict`)."""
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> "Config":
+        """Builds a config from JSON text (see :meth:`from_dict`).
+
+        Raises:
+          ConfigError: for text that is not UTF-8 JSON, nests too deeply,
+            repeats a key, or is not an object; and as :meth:`from_dict`.
+
+        Example:
+          >>> Config.from_json('{"train": {"epochs": 2}}').train.epochs
+          2
+          >>> try:
+          ...     Config.from_json('[1, 2]')
+          ... except ConfigError as e:
+          ...     print(e)
+          config must be a mapping (a JSON object); got [1, 2]
+        """
+        return cls.from_dict(parse_json(text))
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parses config JSON, refusing what :meth:`Config.from_json` refuses (before building).
+
+    Example:
+      >>> parse_json('{"a": 1}')
+      {'a': 1}
+      >>> try:
+      ...     parse_json('{"a": 1, "a": 2}')
+      ... except ConfigError as e:
+      ...     print(e)
+      the key 'a' appears twice in one object
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                              f"{e.start}; save the file as UTF-8 JSON") from None
+    if not isinstance(text, str):
+        raise ConfigError(f"config JSON must be text; got {type(text).__name__}")
+
+    def no_duplicates(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ConfigError(f"the key {_show(key)} appears twice in one object")
+            seen[key] = value
+        return seen
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError("not valid config JSON: nested too deeply (a config is an object of "
+                          "objects, two levels deep)") from None
+    except ValueError as e:  # JSONDecodeError, or an int of more digits than int() takes
+        raise ConfigError(f"not valid JSON: {str(e)[:200]}") from None
 
 
 def _from_dict(cls, d: Mapping[str, Any], prefix: str):
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping; got {d!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping (a JSON object); "
+                          f"got {_show(d)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(str(k) for k in set(d) - set(fields))
     if unknown:
         raise ConfigError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} "
@@ -395,12 +493,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {_show(value)}")
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list; got {value!r}")
+            raise ConfigError(f"{key} must be a list; got {_show(value)}")
         return tuple(_coerce(v, args[0], key) for v in value)
     try:
         if hint is bool:
@@ -423,8 +521,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}; got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}; got "
+                          f"{_show(value)}") from None
     return value
 
 
@@ -481,5 +580,6 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 __all__ = [
     "BEST_METRICS", "CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OPTIMIZERS",
-    "OptimizerConfig", "SCHEDULES", "TrainConfig", "override", "parse_overrides",
+    "OptimizerConfig", "SCHEDULES", "TrainConfig", "MAX_COUNT", "MAX_SEED",
+    "override", "parse_json", "parse_overrides",
 ]

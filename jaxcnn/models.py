@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import unicodedata
 from typing import Any, Callable, Iterable, Sequence
 
 import flax.linen as nn
@@ -214,6 +216,9 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<pair>\d+x\d+)|(?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)"
     r"|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),=>|;]))"
 )
+# The largest size a spec may give (filters, units, classes, kernel, pool, strides). Whether a
+# model of such sizes fits in memory is checked by :func:`summary`, before anything is allocated.
+MAX_SIZE = 2**31 - 1
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
@@ -233,21 +238,92 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
 
 
 def _point(text: str, pos: int, message: str) -> str:
-    return f"{message} at position {pos} of the spec\n  {text}\n  {' ' * pos}^"
+    """``message``, the spec (escaped, and cut around ``pos`` when long) and a caret under ``pos``."""
+    shown, column = _excerpt(text, pos)
+    return f"{message} at position {pos} of the spec\n  {shown}\n  {' ' * column}^"
 
 
-def _value(kind: str, tok: str):
-    if kind == "pair":
-        a, b = tok.split("x")
-        return (int(a), int(b))
-    if kind == "num":
-        return float(tok) if any(c in tok for c in ".eE") else int(tok)
+def _excerpt(text: str, pos: int, width: int = 60) -> tuple[str, int]:
+    """The text around ``pos`` as printed (control characters escaped) and the caret's column.
+
+    Wide characters take two columns and combining marks none, so the caret stays under the
+    character at ``pos``.
+    """
+    start, end = max(0, pos - width), min(len(text), pos + width)
+    out, column, caret = ["..." if start else ""], 3 if start else 0, None
+    for k in range(start, end):
+        if k == pos:
+            caret = column
+        c = text[k]
+        if not c.isprintable():
+            c = c.encode("unicode_escape").decode("ascii")
+            column += len(c)
+        elif unicodedata.combining(c):
+            pass
+        else:
+            column += 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        out.append(c)
+    if end < len(text):
+        out.append("...")
+    return "".join(out), column if caret is None else caret
+
+
+def _short(token: str, limit: int = 40) -> str:
+    return token if len(token) <= limit else f"{token[:24]}...{token[-8:]} ({len(token)} characters)"
+
+
+def _value(kind: str, tok: str, text: str = "", pos: int = 0):
+    try:
+        if kind == "pair":
+            a, b = tok.split("x")
+            return (int(a), int(b))
+        if kind == "num":
+            return float(tok) if any(c in tok for c in ".eE") else int(tok)
+    except ValueError:  # more digits than int() converts
+        raise SpecError(_point(text, pos, f"number {_short(tok)} is too long")) from None
     low = tok.lower()
     return {"none": None, "true": True, "false": False}.get(low, low)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value_problem(layer: str, key: str, value) -> str | None:
+    """What is wrong with ``value`` as argument ``key`` of ``layer``; None if nothing."""
+    name = _TEXT_NAME[layer]
+    if key in ("filters", "units", "num_classes"):
+        low = 2 if key == "num_classes" else 1
+        if not (_is_int(value) and low <= value <= MAX_SIZE):
+            return f"{name}: {key} must be an int from {low} to {MAX_SIZE}"
+    elif key in ("kernel_size", "pool_size", "strides"):
+        if value is None and key == "strides" and layer != "Conv2D":
+            return None  # pools: strides default to the pool size
+        sizes = value if isinstance(value, tuple) and len(value) == 2 else (value,)
+        if not all(_is_int(v) and 1 <= v <= MAX_SIZE for v in sizes):
+            return (f"{name}: {key} must be an int from 1 to {MAX_SIZE} or a pair of them "
+                    "such as 3x3")
+    elif key == "padding":
+        if not (isinstance(value, str) and value.lower() in L.PADDINGS):
+            return f"{name}: padding must be {' or '.join(L.PADDINGS)}"
+    elif key == "activation":
+        if not (value is None or (isinstance(value, str) and value.lower() in L.ACTIVATIONS)):
+            return f"{name}: activation must be one of {', '.join(L.ACTIVATIONS)}"
+    elif key == "use_bias":
+        if not (isinstance(value, bool) or (_is_int(value) and value in (0, 1))):
+            return f"{name}: use_bias must be true or false"
+    elif key == "rate":
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < 1):
+            return f"{name}: rate must be a number in [0, 1), e.g. 0.5"
+    return None
+
+
 def parse_spec(text: str) -> list[LayerSpec]:
     """Parses spec text into a list of :class:`LayerSpec` (grammar: module docstring).
+
+    Every value is checked here (a size is an int from 1 to :data:`MAX_SIZE`, a
+    rate is in [0, 1), ...), and each argument may be given once.
 
     Args:
       text: e.g. ``"conv(32, 3) maxpool(2) flatten softmax"``.
@@ -261,6 +337,13 @@ def parse_spec(text: str) -> list[LayerSpec]:
     Example:
       >>> [s.text() for s in parse_spec("conv(32,3x3,same) pool(2) flatten dense(10)")]
       ['conv(32, 3x3, padding=same)', 'maxpool(2)', 'flatten', 'dense(10)']
+      >>> try:
+      ...     parse_spec("conv(32, 3, strides=2, strides=3)")
+      ... except SpecError as e:
+      ...     print(e)
+      conv: strides is given twice at position 23 of the spec
+        conv(32, 3, strides=2, strides=3)
+                               ^
     """
     if not isinstance(text, str) or not text.strip():
         raise SpecError("the model spec is empty; e.g. 'conv(32,3) maxpool(2) flatten softmax'")
@@ -273,15 +356,30 @@ def parse_spec(text: str) -> list[LayerSpec]:
             i += 1
             continue
         if kind != "ident":
-            raise SpecError(_point(text, pos, f"expected a layer name, found {tok!r}"))
+            raise SpecError(_point(text, pos, f"expected a layer name, found {_short(tok)!r}"))
         layer = _ALIASES.get(tok.lower())
         if layer is None:
             raise SpecError(
-                _point(text, pos, f"unknown layer {tok!r}")
+                _point(text, pos, f"unknown layer {_short(tok)!r}")
                 + f"\nknown layers: {', '.join(sorted(set(_TEXT_NAME.values())))}"
             )
+        name = _TEXT_NAME[layer]
         i += 1
         args: dict[str, Any] = {}
+
+        def store(key: str, value, key_pos: int, value_pos: int, value_tok: str) -> None:
+            if key in args:
+                raise SpecError(_point(text, key_pos, f"{name}: {key} is given twice"))
+            problem = _value_problem(layer, key, value)
+            if problem:
+                raise SpecError(_point(text, value_pos, f"{problem}; got {_short(value_tok)}"))
+            args[key] = value
+
+        def missing_close(j: int) -> SpecError:
+            # The ')' belongs right after the last token of the arguments (token j - 1).
+            end = tokens[j - 1][2] + len(tokens[j - 1][1])
+            return SpecError(_point(text, end, f"missing ')' to close {name}("))
+
         if i < len(tokens) and tokens[i][1] == "(":
             i += 1
             positional = list(_POSITIONAL[layer])
@@ -294,31 +392,47 @@ def parse_spec(text: str) -> list[LayerSpec]:
                     key = _KEY_ALIASES.get(atok.lower(), atok.lower())
                     if key not in _SPEC_KEYS[layer]:
                         raise SpecError(
-                            _point(text, apos, f"{_TEXT_NAME[layer]} has no argument {atok!r}")
+                            _point(text, apos, f"{name} has no argument {_short(atok)!r}")
                             + f"\nvalid arguments: {', '.join(_SPEC_KEYS[layer]) or '(none)'}"
                         )
                     if i + 2 >= len(tokens) or tokens[i + 2][0] == "punct":
-                        raise SpecError(_point(text, tokens[i + 1][2], f"missing value for {atok}"))
-                    vkind, vtok, _ = tokens[i + 2]
-                    args[key] = _value(vkind, vtok)
+                        raise SpecError(_point(text, tokens[i + 1][2],
+                                               f"missing value for {_short(atok)}"))
+                    vkind, vtok, vpos = tokens[i + 2]
+                    store(key, _value(vkind, vtok, text, vpos), apos, vpos, vtok)
                     i += 3
                     continue
                 if akind == "punct":
+                    if atok in ">|;" or (atok == "(" and tokens[i - 1][0] == "ident"):
+                        # A separator, or the next layer's "(": the ")" was left out.
+                        raise missing_close(i - 1 if atok == "(" else i)
                     raise SpecError(_point(text, apos, f"unexpected {atok!r}"))
-                value = _value(akind, atok)
+                value = _value(akind, atok, text, apos)
+                if akind == "ident" and atok.lower() in _ALIASES and not _ident_fits(layer, value):
+                    raise missing_close(i)  # the next layer's name
                 key = _positional_key(layer, value, positional, akind)
                 if key is None:
                     raise SpecError(
-                        _point(text, apos, f"too many or unexpected arguments for {_TEXT_NAME[layer]}")
+                        _point(text, apos, f"too many or unexpected arguments for {name}")
                         + f"\npositional arguments: {', '.join(_POSITIONAL[layer]) or '(none)'}"
                     )
-                args[key] = value
+                store(key, value, apos, apos, atok)
                 i += 1
             if i >= len(tokens):
-                raise SpecError(_point(text, len(text), "missing ')'"))
+                raise SpecError(_point(text, len(text), f"missing ')' to close {name}("))
             i += 1  # skip ")"
         specs.append(_checked_spec(layer, args, text, pos))
+    if not specs:
+        raise SpecError(f"the model spec {_short(text)!r} has no layers; e.g. "
+                        "'conv(32,3) maxpool(2) flatten softmax'")
     return specs
+
+
+def _ident_fits(layer: str, value) -> bool:
+    """Whether a bare identifier is a valid positional argument of ``layer``."""
+    if layer in ("Conv2D", "MaxPooling2D", "AvgPooling2D") and value in L.PADDINGS:
+        return True
+    return layer in ("Conv2D", "Dense") and _value_problem(layer, "activation", value) is None
 
 
 def _positional_key(layer: str, value, positional: list[str], kind: str) -> str | None:
@@ -332,6 +446,8 @@ def _positional_key(layer: str, value, positional: list[str], kind: str) -> str 
         if "activation" in positional:
             positional.remove("activation")
         return "activation"
+    if layer == "Dense" and kind != "ident" and positional[:1] == ["activation"]:
+        return None  # a number where only an activation may follow
     return positional.pop(0) if positional else None
 
 
@@ -497,9 +613,17 @@ def build_model(
       >>> to_spec(m.layers)
       'conv(16, 3) maxpool(2) flatten dense(32, relu) softmax(10)'
     """
-    specs = model_spec(model) if isinstance(model, str) else [LayerSpec.of(m) for m in model]
+    if isinstance(model, str):
+        specs = model_spec(model)
+    elif isinstance(model, Iterable):
+        specs = [LayerSpec.of(m) for m in model]
+    else:
+        raise SpecError(f"model must be a zoo name, spec text or a list of layers; got "
+                        f"{type(model).__name__}")
     if not specs:
         raise SpecError("the model has no layers")
+    for i, spec in enumerate(specs):
+        _check_layer_spec(spec, i)
     if specs[-1].kind != "SoftmaxOutput":
         if num_classes is None:
             raise SpecError("the model has no output layer and num_classes is not known; end "
@@ -521,6 +645,22 @@ def build_model(
     if dtype not in (None, "float32", "bfloat16", "float16"):
         raise SpecError(f"dtype must be float32, bfloat16 or float16; got {dtype!r}")
     return Sequential(tuple(specs), dtype=None if dtype == "float32" else dtype, impl=impl)
+
+
+def _check_layer_spec(spec: LayerSpec, index: int) -> None:
+    """Checks a spec that did not come from spec text (a module, or a LayerSpec made by hand)."""
+    if not isinstance(spec, LayerSpec) or spec.kind not in LAYER_TYPES:
+        raise SpecError(f"layer {index + 1} is not a jaxcnn layer ({spec!r}); use one of "
+                        f"{sorted(LAYER_TYPES)}")
+    try:
+        args = dict(spec.args)
+    except (TypeError, ValueError):
+        raise SpecError(f"layer {index + 1}: args must be (name, value) pairs; got "
+                        f"{_short(repr(spec.args))}") from None
+    for key, value in args.items():
+        problem = _value_problem(spec.kind, key, value) if key in _SPEC_KEYS[spec.kind] else None
+        if problem:
+            raise SpecError(f"layer {index + 1}: {problem}; got {_short(repr(value))}")
 
 
 # ---------------------------------------------------------------------------
@@ -595,16 +735,31 @@ def _si(n: float) -> str:
     return str(int(n))
 
 
-def summary(model: Sequential, input_shape: Sequence[int]) -> ModelSummary:
+def summary(model: Sequential, input_shape: Sequence[int], *, batch_size: int | None = None,
+            budget_bytes: int | None = None) -> ModelSummary:
     """Computes each layer's output shape, parameters and FLOPs (per image).
 
     Shapes are checked on the way: a layer that does not fit its input raises
     :class:`~jaxcnn.errors.ShapeError` naming the layer. Nothing is computed on
     a device (shapes come from ``jax.eval_shape``).
 
+    Memory is checked on the way too, before anything is allocated or
+    compiled: a model that cannot fit raises :class:`~jaxcnn.errors.SpecError`
+    naming its largest layer, the bytes needed and the budget. The estimate is
+    a lower bound: without ``batch_size``, the float32 parameters and the
+    activations of one image; with it, parameters and their gradients plus
+    the activations of ``batch_size`` images that training keeps for the
+    backward pass (the optimiser's state and XLA's temporaries come on top).
+
     Args:
       model: a :class:`Sequential`.
       input_shape: ``(H, W, C)`` (or ``(H, W)`` for grayscale).
+      batch_size: images in one training pass on one device (check the
+        memory training needs); None: check inference of one image.
+      budget_bytes: the memory allowed; None: what the default device
+        reports (``bytes_limit``), or on the CPU the host's physical memory,
+        capped by a cgroup limit and by ``ulimit -v`` / ``-d`` (less what the
+        process already maps).
 
     Returns:
       A :class:`ModelSummary`; ``print()`` it for a Keras-like table.
@@ -615,23 +770,198 @@ def summary(model: Sequential, input_shape: Sequence[int]) -> ModelSummary:
       34826
       >>> [r.output_shape for r in s.rows][:2]
       [(26, 26, 32), (13, 13, 32)]
+      >>> try:
+      ...     summary(build_model("flatten dense(100000)", 10), (28, 28, 1), budget_bytes=2**28)
+      ... except SpecError as e:
+      ...     print(str(e).split(" available")[0])
+      the model needs at least 299.1 MiB of memory, more than the 256.0 MiB
     """
-    shape = tuple(int(d) for d in input_shape)
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError, OverflowError):
+        shape = ()
     if len(shape) == 2:
         shape = (*shape, 1)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ShapeError(f"input_shape must be (H, W, C); got {tuple(input_shape)}")
+    if len(shape) != 3 or min(shape) < 1 or max(shape) > MAX_SIZE:
+        raise ShapeError(f"input_shape must be (H, W, C) of sizes from 1 to {MAX_SIZE}; got "
+                         f"{_short(repr(input_shape))}")
+    memory = _Memory(model, shape, batch_size, budget_bytes)
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     rows = []
     for name, spec in layer_names(model.layers):
         layer = spec.build(parent=None, name=name, dtype=model.dtype, impl=model.impl)
+        _check_window(layer, x.shape)
+        # Parameters a layer will have, known before its shapes are traced.
+        memory.check(rows, (name, type(layer).__name__, _param_lower_bound(layer, x.shape)))
         y, variables = jax.eval_shape(
             lambda v, layer=layer: layer.init_with_output(jax.random.key(0), v), x)
         params = sum(math.prod(p.shape) for p in jax.tree.leaves(variables))
         rows.append(LayerRow(name, type(layer).__name__, tuple(y.shape[1:]), int(params),
                              int(_flops(layer, x.shape[1:], y.shape[1:]))))
+        memory.check(rows)
         x = jax.ShapeDtypeStruct(y.shape, jnp.float32)
     return ModelSummary(shape, tuple(rows))
+
+
+def _check_window(layer: nn.Module, in_shape) -> None:
+    """Refuses a kernel or pool window far larger than its input (only 'same' padding allows it).
+
+    Such a window is nearly all padding, and tracing it costs time and memory that grow with
+    its size.
+    """
+    window = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
+    if window is None or len(in_shape) != 4:
+        return
+    window = tuple(window) if isinstance(window, (tuple, list)) else (window, window)
+    for size, dim in zip(window, in_shape[1:3]):
+        if isinstance(size, int) and size > max(int(dim), 1024):
+            raise ShapeError(
+                f"{type(layer).__name__} '{layer.name}': window {window[0]}x{window[1]} is larger "
+                f"than its input feature map {in_shape[1]}x{in_shape[2]} and than 1024; it would "
+                "be almost all padding. Use a window no larger than the feature map.")
+
+
+def _param_lower_bound(layer: nn.Module, in_shape) -> int:
+    """The weights of a conv or dense layer on an input of ``in_shape`` (N, ...); 0 if unknown.
+
+    Bad values give 0 here: the layer itself raises :class:`~jaxcnn.errors.ShapeError` for them.
+    """
+    try:
+        if isinstance(layer, L.Conv2D):
+            k = layer.kernel_size
+            kernel = tuple(k) if isinstance(k, (tuple, list)) else (k, k)
+            return max(0, math.prod(int(v) for v in kernel) * int(in_shape[-1])
+                       * int(layer.filters))
+        if isinstance(layer, L.Dense):
+            return max(0, int(in_shape[-1]) * int(layer.units))
+        if isinstance(layer, L.SoftmaxOutput):
+            return max(0, int(in_shape[-1]) * int(layer.num_classes))
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return 0
+
+
+# Layers whose output is a view of their input (no new buffer), or that XLA fuses into the next.
+_NO_BUFFER = ("Flatten", "Dropout")
+
+
+class _Memory:
+    """The memory check of :func:`summary`: a lower bound of the bytes a model needs."""
+
+    def __init__(self, model: Sequential, shape, batch_size: int | None,
+                 budget_bytes: int | None):
+        self.batch = None if batch_size is None else max(1, int(batch_size))
+        self.act_bytes = 2 if model.dtype in ("bfloat16", "float16") else 4
+        # Parameters (float32) and, for training, their gradients.
+        self.param_copies = 1 if self.batch is None else 2
+        self.input_elements = math.prod(shape)
+        if budget_bytes is not None:
+            self.budget: tuple[int, str] | None = (int(budget_bytes), "the given budget")
+        else:
+            self.budget = memory_budget()
+
+    def layer_bytes(self, params: int, out_elements: int) -> tuple[int, int]:
+        return 4 * self.param_copies * params, (self.batch or 1) * out_elements * self.act_bytes
+
+    def check(self, rows: list[LayerRow], pending: tuple[str, str, int] | None = None) -> None:
+        if self.budget is None:
+            return
+        parts = [(r.name, r.kind, r.params, self.layer_bytes(
+            r.params, 0 if r.kind in _NO_BUFFER else math.prod(r.output_shape))) for r in rows]
+        if pending is not None:
+            name, kind, params = pending
+            parts.append((name, kind, params, self.layer_bytes(params, 0)))
+        input_bytes = (self.batch or 1) * self.input_elements * 4
+        param_bytes = sum(p[3][0] for p in parts)
+        act_bytes = sum(p[3][1] for p in parts) + input_bytes
+        need, (budget, source) = param_bytes + act_bytes, self.budget
+        if need <= budget:
+            return
+        what = ("parameters and their gradients" if self.batch else "parameters")
+        images = (f"{self.batch} image{'s' if self.batch > 1 else ''} in one training pass"
+                  if self.batch else "one image")
+        smaller = ", or a smaller batch (--batch-size, or train.micro_batches)" if self.batch else ""
+        name, kind, params, (p_bytes, a_bytes) = max(parts, key=lambda p: sum(p[3]))
+        if input_bytes > p_bytes + a_bytes:
+            largest = (f"The input images alone take {_size(input_bytes)}. Use smaller "
+                       f"images{smaller}.")
+        else:
+            largest = (f"The largest layer is {name} ({kind}): {params:,} parameters "
+                       f"({_size(p_bytes)}), activations {_size(a_bytes)}. Use fewer filters "
+                       f"or units, downsample before it{smaller}.")
+        raise SpecError(
+            f"the model needs at least {_size(need)} of memory, more than the {_size(budget)} "
+            f"available ({source}): {what} {_size(param_bytes)}, activations of {images} "
+            f"{_size(act_bytes)}. {largest}")
+
+
+def _size(n: int) -> str:
+    if n >= 2**60:
+        return f"{n / 2**60:,.0f} EiB"
+    for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def memory_budget(device=None) -> tuple[int, str] | None:
+    """The bytes a model may take, and where that figure comes from (None: unknown).
+
+    A device that reports its memory (GPU, TPU) gives its ``bytes_limit`` less
+    what is in use. On the CPU: the host's physical memory, capped by a cgroup
+    memory limit and by the process's address-space and data limits
+    (``ulimit -v``, ``ulimit -d``) less what it already maps.
+
+    Example:
+      >>> budget = memory_budget()
+      >>> budget is None or budget[0] > 0
+      True
+    """
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return free, f"the memory of {device.platform}:{device.id}"
+    if device.platform != "cpu":
+        return None
+    limits = []
+    try:
+        limits.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                       "the host's physical memory"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            if text.isdigit():
+                limits.append((int(text), "the cgroup's memory limit"))
+        except OSError:
+            pass
+    limits += _rlimits()
+    return min(limits) if limits else None
+
+
+def _rlimits() -> list[tuple[int, str]]:
+    """Room left under ``ulimit -v`` and ``ulimit -d``, from ``/proc/self/statm``."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            pages = [int(v) for v in f.read().split()]
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, AttributeError):
+        return []
+    out = []
+    for limit, used, what in ((resource.RLIMIT_AS, pages[0], "the address-space limit, ulimit -v"),
+                              (resource.RLIMIT_DATA, pages[5], "the data limit, ulimit -d")):
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY:
+            out.append((max(0, soft - used * page), f"{what}, less what the process maps"))
+    return out
 
 
 def _flops(layer: nn.Module, in_shape, out_shape) -> int:
@@ -655,5 +985,6 @@ def _flops(layer: nn.Module, in_shape, out_shape) -> int:
 
 __all__ = [
     "DEFAULT_MODEL", "LAYER_TYPES", "LayerRow", "LayerSpec", "ModelSummary", "Sequential", "ZOO",
-    "build_model", "layer_names", "model_spec", "parse_spec", "summary", "to_spec",
+    "MAX_SIZE", "build_model", "layer_names", "memory_budget", "model_spec", "parse_spec",
+    "summary", "to_spec",
 ]

@@ -42,7 +42,7 @@ def test_help_is_useful(capsys):
 @pytest.mark.parametrize("args,message", [
     (["--spec", "conv(32,3) bogus"], "unknown layer 'bogus'"),
     (["--model", "keras_convnet"], "larger than its input feature map 1x1"),
-    (["--spec", "conv(8,3) dropout(1.5) flatten softmax"], r"rate must be in \[0, 1\)"),
+    (["--spec", "conv(8,3) dropout(1.5) flatten softmax"], r"rate must be a number in \[0, 1\)"),
     (["--lr", "0"], "learning_rate must be > 0"),
     (["--lr", "-0.1"], "learning_rate must be > 0"),
     (["--model", "resnet9000"], "known models: flax_cnn, keras_convnet, seed_cnn"),
