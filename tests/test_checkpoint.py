@@ -391,3 +391,206 @@ def test_eval_and_predict_commands(reference, tmp_path, capsys):
     assert rows[3]["top_k"][0]["index"] == rows[0]["top_k"][0]["index"]
     assert main(["predict", "--workdir", workdir, files[1]]) == 0
     assert capsys.readouterr().out.startswith("one.png: ")
+
+
+# ---------------------------------------------------------------------------
+# Damage: checksums, stored metadata, clean messages
+
+
+def _copy_run(reference, tmp_path, name):
+    import shutil
+
+    workdir = str(tmp_path / name)
+    shutil.copytree(reference[0], workdir)
+    return workdir
+
+
+def _step_dir(workdir, step=2 * STEPS_PER_EPOCH):
+    return os.path.join(ckpt.checkpoint_dir(workdir), str(step))
+
+
+def _edit_meta(workdir, edit, step=2 * STEPS_PER_EPOCH):
+    path = os.path.join(_step_dir(workdir, step), "meta", "metadata")
+    with open(path) as f:
+        meta = json.load(f)
+    edit(meta)
+    with open(path, "w") as f:
+        json.dump(meta, f)
+
+
+def _flip_bytes_in_largest_array_file(step_dir):
+    files = [os.path.join(dp, n) for dp, _, names in os.walk(os.path.join(step_dir, "state"))
+             for n in names]
+    biggest = max(files, key=os.path.getsize)
+    size = os.path.getsize(biggest)
+    with open(biggest, "r+b") as f:
+        f.seek(size // 2)
+        chunk = f.read(8)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0x5A for b in chunk))
+    return biggest
+
+
+def test_flipped_bytes_in_a_saved_array_are_refused_by_eval_and_resume(reference, tmp_path,
+                                                                         capsys):
+    workdir = _copy_run(reference, tmp_path, "flipped")
+    _flip_bytes_in_largest_array_file(_step_dir(workdir))
+    assert main(["eval", "--workdir", workdir, "--latest"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"jaxcnn: error: checkpoint at step {2 * STEPS_PER_EPOCH} ")
+    assert f"pass --step {STEPS_PER_EPOCH} to eval/predict" in err
+    with pytest.raises(ckpt.CheckpointError, match=f"step {2 * STEPS_PER_EPOCH}"):
+        train_and_evaluate(_config(epochs=3), workdir, progress=False)
+    assert ckpt.load(workdir, STEPS_PER_EPOCH).step == STEPS_PER_EPOCH  # the other step serves
+
+
+def test_array_checksum_mismatch_names_step_and_array_and_old_checkpoints_still_load(
+        reference, tmp_path):
+    d = str(tmp_path / "c")
+    with ckpt.Checkpoints(d, async_save=False) as c:
+        c.save(1, {"params": {"w": jnp.arange(4.0)}, "step": jnp.array(1)}, meta={})
+        c.save(2, {"params": {"w": jnp.arange(4.0) + 1}, "step": jnp.array(2)}, meta={})
+    meta_file = os.path.join(d, "2", "meta", "metadata")
+    meta = json.load(open(meta_file))
+    assert meta["array_checksums"]["algorithm"] == "sha256"
+    assert sorted(meta["array_checksums"]["arrays"]) == ["params/w", "step"]
+    dtype, digest = meta["array_checksums"]["arrays"]["params/w"].split(":")
+    meta["array_checksums"]["arrays"]["params/w"] = f"{dtype}:{'0' * len(digest)}"
+    json.dump(meta, open(meta_file, "w"))
+    with ckpt.Checkpoints(d, read_only=True) as c:
+        with pytest.raises(ckpt.CheckpointError) as e:
+            c.restore(2)
+        assert c.restore(1)[0]["params"]["w"].tolist() == [0, 1, 2, 3]
+    msg = str(e.value)
+    assert "step 2" in msg and "damaged" in msg and "params/w" in msg
+    assert "step 1 is the previous complete checkpoint" in msg
+    # A checkpoint written before checksums existed restores as before.
+    workdir = _copy_run(reference, tmp_path, "old")
+    _edit_meta(workdir, lambda m: m.pop("array_checksums"))
+    assert ckpt.load(workdir, "latest").step == 2 * STEPS_PER_EPOCH
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m["preprocess"].update(std=[0.0]), r"preprocess.std\[0\] = 0.0"),
+    (lambda m: m["preprocess"].update(mean=[float("nan")]), r"preprocess.mean\[0\] = nan"),
+    (lambda m: m["preprocess"].update(std=[1.0, 1.0]), "preprocess.std has 2 values"),
+    (lambda m: m["dataset"].update(num_classes=2**40), "dataset.num_classes = 1099511627776"),
+    (lambda m: m["dataset"].update(class_names=[7] * 10), r"dataset.class_names\[0\]"),
+    (lambda m: m["dataset"].update(class_names=["a"]), "has 1 names for 10 classes"),
+    (lambda m: m["dataset"].update(image_shape=[8, 8]), "dataset.image_shape = \\[8, 8\\]"),
+    (lambda m: m["dataset"].update(image_shape=[16, 16, 1]), "do not fit its saved arrays"),
+    (lambda m: m["dataset"].update(num_classes=11, class_names=[]), "do not fit its saved"),
+    (lambda m: m.update(steps_per_epoch=-1), "steps_per_epoch = -1"),
+], ids=["std0", "nan_mean", "std_len", "classes", "names_type", "names_len", "shape_rank",
+        "shape_vs_arrays", "classes_vs_arrays", "steps_per_epoch"])
+def test_stored_metadata_out_of_bounds_is_refused(reference, tmp_path, edit, field):
+    workdir = _copy_run(reference, tmp_path, "meta")
+    _edit_meta(workdir, edit)
+    with pytest.raises(ckpt.CheckpointError, match=f"step {2 * STEPS_PER_EPOCH} .*{field}"):
+        ckpt.load(workdir, "latest")
+
+
+def test_zero_std_is_refused_on_resume_too(reference, tmp_path):
+    workdir = _copy_run(reference, tmp_path, "std0")
+    _edit_meta(workdir, lambda m: m["preprocess"].update(std=[0.0]))
+    with pytest.raises(ckpt.CheckpointError, match=r"preprocess.std\[0\] = 0.0"):
+        train_and_evaluate(_config(epochs=3), workdir, progress=False)
+
+
+HUGE_SHAPE_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from jaxcnn.cli import main
+sys.exit(main(["eval", "--workdir", sys.argv[1], "--latest"]))
+"""
+
+
+def test_huge_stored_image_shape_is_refused_before_allocating(reference, tmp_path):
+    workdir = _copy_run(reference, tmp_path, "huge")
+    _edit_meta(workdir, lambda m: m["dataset"].update(image_shape=[60000, 60000, 3]))
+    p = subprocess.run([sys.executable, "-c", HUGE_SHAPE_SCRIPT, workdir], cwd=ROOT,
+                       env=dict(_subprocess_env(), JAX_PLATFORMS="cpu"), capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == EXIT_BAD_INPUT, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxcnn: error: checkpoint at step") and "dataset.image_shape" in last
+    assert "Traceback" not in p.stderr
+
+
+def test_class_names_are_printed_with_control_characters_escaped(reference, tmp_path, capsys):
+    workdir = _copy_run(reference, tmp_path, "ansi")
+    _edit_meta(workdir, lambda m: m["dataset"].update(
+        class_names=[f"\x1b[31m{i}\x1b]0;title\x07" for i in range(10)]))
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.uint8))
+    assert main(["predict", "--workdir", workdir, "--latest", str(tmp_path / "x.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[31m" in out
+
+
+def test_corrupt_checkpoint_message_is_the_last_line_on_stderr(reference, tmp_path):
+    workdir = _copy_run(reference, tmp_path, "truncated")
+    for dirpath, _, files in os.walk(os.path.join(_step_dir(workdir), "state")):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.getsize(path) > 100:
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+    p = subprocess.run([sys.executable, "-m", "jaxcnn", "eval", "--workdir", workdir,
+                        "--latest"], cwd=ROOT, env=dict(_subprocess_env(), JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == EXIT_BAD_INPUT, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"jaxcnn: error: checkpoint at step {2 * STEPS_PER_EPOCH}")
+    for noise in ("Traceback", "Task exception", "Event loop is closed", "<bound method",
+                  "pybind11"):
+        assert noise not in p.stderr
+
+
+def test_divergence_says_which_checkpoint_is_on_disk(tmp_path, capsys):
+    from jaxcnn.cli import EXIT_DIVERGED
+
+    args = ["train", "--spec", SPEC, "--batch-size", "64", "--validation", "0", "--num-devices",
+            "1", "--epochs", "1", "--quiet", "--optimizer", "sgd", "--lr", "1e9"]
+    # Diverges before the first save (at the end of the epoch): nothing on disk.
+    workdir = str(tmp_path / "none")
+    assert main([*args, "--workdir", workdir]) == EXIT_DIVERGED
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "No checkpoint was saved in" in err and "was kept" not in err
+    # Saving every step: the step named is the newest on disk.
+    workdir = str(tmp_path / "every")
+    assert main([*args, "--workdir", workdir, "--set", "checkpoint.every_steps=1"]) == EXIT_DIVERGED
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    with ckpt.Checkpoints(ckpt.checkpoint_dir(workdir), read_only=True) as c:
+        latest = c.latest_step()
+    assert latest is not None
+    assert f"The newest checkpoint on disk is step {latest} " in err, err
+    # Checkpoints off: says so.
+    workdir = str(tmp_path / "off")
+    assert main([*args, "--workdir", workdir, "--set", "checkpoint.enabled=false"]) == EXIT_DIVERGED
+    assert "Checkpoints are off" in capsys.readouterr().err
+
+
+FULL_DISK_TRAIN = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # a full disk, for big files
+from jaxcnn.cli import main
+sys.exit(main(["train", "--spec", "conv(64,3) flatten dense(512) softmax", "--batch-size", "64",
+               "--validation", "0", "--num-devices", "1", "--epochs", "1", "--quiet",
+               "--workdir", sys.argv[1]]))
+"""
+
+
+def test_full_disk_during_a_save_ends_in_one_clean_line(tmp_path):
+    workdir = str(tmp_path / "full")
+    p = subprocess.run([sys.executable, "-c", FULL_DISK_TRAIN, workdir], cwd=ROOT,
+                       env=dict(_subprocess_env(), JAX_PLATFORMS="cpu",
+                                JAXCNN_COMPILATION_CACHE="off"),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == EXIT_BAD_INPUT, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"jaxcnn: error: saving step {STEPS_PER_EPOCH} to "), p.stderr
+    assert "File too large" in last and "no complete checkpoint exists yet" in last
+    for noise in ("Traceback", "Task exception", "Event loop is closed", "[process=",
+                  "<bound method"):
+        assert noise not in p.stderr, p.stderr

@@ -21,6 +21,13 @@ Orbax is imported in one place, the private ``_store`` module, behind a small in
   that changes the model or the data.
 * :func:`load`: a trained run's checkpoint as a train state, for evaluation
   and prediction.
+* Integrity: each step records a SHA-256 checksum per array in its ``meta``
+  (``array_checksums``); :meth:`Checkpoints.restore` recomputes them and
+  refuses a step whose bytes changed. Stored metadata is checked against sane
+  bounds (:func:`meta_problem`) and against the saved arrays before use.
+* :func:`lock_workdir`: ``jaxcnn train`` holds an exclusive ``flock`` on its
+  run directory for the whole run; a second writer fails at once, naming the
+  holder.
 
 A train state's ``apply_fn`` and ``tx`` are code, not data: checkpoints hold
 only the arrays, and :func:`with_arrays` puts restored arrays back into a
@@ -44,16 +51,20 @@ Example:
 """
 
 from jaxcnn.checkpoint._arrays import abstract_arrays, state_arrays, with_arrays
-from jaxcnn.checkpoint._callback import CheckpointCallback, PreemptionGuard
+from jaxcnn.checkpoint._callback import CheckpointCallback, PreemptionGuard, explain_divergence
 from jaxcnn.checkpoint._errors import CheckpointError, Preempted, ResumeMismatchError
 from jaxcnn.checkpoint._load import Restored, load
 from jaxcnn.checkpoint._resume import RESUME_FIELDS, Resumed, config_differences, resume
-from jaxcnn.checkpoint._store import Checkpoints, from_config, leftover_temporary_dirs
-from jaxcnn.checkpoint._workdir import checkpoint_dir, fresh_workdir, has_checkpoints
+from jaxcnn.checkpoint._meta import meta_problem
+from jaxcnn.checkpoint._store import (Checkpoints, from_config, leftover_temporary_dirs,
+                                      readable_reason)
+from jaxcnn.checkpoint._workdir import (checkpoint_dir, fresh_workdir, has_checkpoints,
+                                        lock_workdir)
 
 __all__ = [
     "RESUME_FIELDS", "CheckpointCallback", "CheckpointError", "Checkpoints", "Preempted",
     "PreemptionGuard", "Restored", "ResumeMismatchError", "Resumed", "abstract_arrays",
-    "checkpoint_dir", "config_differences", "fresh_workdir", "from_config", "has_checkpoints",
-    "leftover_temporary_dirs", "load", "resume", "state_arrays", "with_arrays",
+    "checkpoint_dir", "config_differences", "explain_divergence", "fresh_workdir",
+    "from_config", "has_checkpoints", "leftover_temporary_dirs", "load", "lock_workdir",
+    "meta_problem", "readable_reason", "resume", "state_arrays", "with_arrays",
 ]

@@ -12,11 +12,55 @@ from typing import Mapping
 import jax
 
 from jaxcnn.checkpoint._arrays import all_finite, state_arrays
+from jaxcnn.checkpoint._errors import CheckpointError
 from jaxcnn.checkpoint._store import Checkpoints
 from jaxcnn.errors import NonFiniteLossError
 from jaxcnn.training import Callback, TrainState
 
 log = logging.getLogger("jaxcnn")
+
+_DIVERGED_FIX = ("Lower the learning rate (e.g. --lr 1e-4), clip gradients "
+                 "(--set optimizer.grad_clip_norm=1.0), or check the inputs for NaN/Inf.")
+
+
+def saved_on_disk(checkpoints: Checkpoints | None) -> str:
+    """A sentence saying which checkpoint a run has on disk (after the pending save).
+
+    Example:
+      >>> saved_on_disk(None)
+      'Checkpoints are off (checkpoint.enabled=false), so nothing was saved.'
+    """
+    if checkpoints is None:
+        return "Checkpoints are off (checkpoint.enabled=false), so nothing was saved."
+    try:
+        checkpoints.wait()
+    except CheckpointError as e:  # reported on close; say what is on disk regardless
+        log.debug("%s", e)
+    latest = checkpoints.latest_step()
+    if latest is None:
+        return f"No checkpoint was saved in {checkpoints.directory}."
+    return (f"The newest checkpoint on disk is step {latest} ({checkpoints.step_path(latest)}); "
+            "running again with a lower learning rate resumes from it.")
+
+
+def explain_divergence(error: NonFiniteLossError,
+                       checkpoints: Checkpoints | None) -> NonFiniteLossError:
+    """``error`` (from :func:`jaxcnn.training.fit`) restated with what exists on disk
+    instead of the in-memory state, which a command loses when it exits.
+
+    Example:
+      >>> e = NonFiniteLossError("the training loss became NaN or Inf at step 5; training "
+      ...                        "stopped and the state from step 4 was kept.", step=5)
+      >>> print(explain_divergence(e, None))  # doctest: +NORMALIZE_WHITESPACE
+      the training loss became NaN or Inf at step 5; training stopped. Checkpoints are off
+      (checkpoint.enabled=false), so nothing was saved. Lower the learning rate (e.g. --lr
+      1e-4), clip gradients (--set optimizer.grad_clip_norm=1.0), or check the inputs for
+      NaN/Inf.
+    """
+    what = str(error).split(";")[0].strip()
+    out = NonFiniteLossError(f"{what}; training stopped. {saved_on_disk(checkpoints)} "
+                             f"{_DIVERGED_FIX}", step=error.step, state=error.state)
+    return out
 
 
 class PreemptionGuard:
@@ -116,10 +160,8 @@ class CheckpointCallback(Callback):
         if state_step != step or not bool(all_finite(state.params)):
             if state_step == step:
                 raise NonFiniteLossError(
-                    f"the parameters became NaN or Inf by step {step}; not saving them. The "
-                    f"last good checkpoint (step {self.last_saved}) in "
-                    f"{self.checkpoints.directory} was kept. Lower the learning rate or clip "
-                    "gradients (--set optimizer.grad_clip_norm=1.0)", step=step)
+                    f"the parameters became NaN or Inf by step {step}; not saving them. "
+                    f"{saved_on_disk(self.checkpoints)} {_DIVERGED_FIX}", step=step)
             if not self._skipped_bad:
                 log.warning("not saving step %d or later: the loss was not finite", step)
             self._skipped_bad = True

@@ -8,8 +8,11 @@ from typing import Any, Mapping
 import jax
 import optax
 
+from jaxcnn import _fs
 from jaxcnn.checkpoint._arrays import abstract_arrays, with_arrays
-from jaxcnn.checkpoint._store import Checkpoints, corrupt_error
+from jaxcnn.checkpoint._meta import check_meta
+from jaxcnn.checkpoint._resume import _tree_differences
+from jaxcnn.checkpoint._store import Checkpoints, corrupt_error, damaged_error
 from jaxcnn.checkpoint._workdir import checkpoint_dir
 from jaxcnn.config import Config
 from jaxcnn.data import Preprocess
@@ -39,9 +42,11 @@ class Restored:
 
     @property
     def class_names(self) -> list[str]:
-        """One name per class (from the dataset metadata)."""
+        """One name per class (from the dataset metadata), with control characters
+        escaped (:func:`jaxcnn._fs.printable`): they came from a file and get printed."""
         d = self.meta.get("dataset") or {}
-        return list(d.get("class_names") or map(str, range(int(d.get("num_classes", 0)))))
+        names = d.get("class_names") or map(str, range(int(d.get("num_classes", 0))))
+        return [_fs.printable(name) for name in names]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -66,7 +71,9 @@ def load(workdir: str, which: int | str | None = "best", sharding=None) -> Resto
       A :class:`Restored`.
 
     Raises:
-      CheckpointError: no checkpoint, a missing step, or corrupt files.
+      CheckpointError: no checkpoint, a missing step, corrupt files, arrays that
+        fail their checksums, or stored metadata out of bounds or not fitting
+        the saved arrays (names the field).
 
     Example:
       >>> import tempfile
@@ -84,14 +91,28 @@ def load(workdir: str, which: int | str | None = "best", sharding=None) -> Resto
     try:
         step = ckpts.resolve(which)
         meta = ckpts.read_meta(step)
+        check_meta(ckpts, step, meta)  # before anything is built from it
         try:
             config = Config.from_dict(meta["config"])
             dataset = meta["dataset"]
             preprocess = Preprocess.from_dict(meta["preprocess"])
             steps_per_epoch = int(meta["steps_per_epoch"])
+            dataset["image_shape"], dataset["num_classes"]  # noqa: B018 - both required
         except (KeyError, TypeError, ValueError) as e:
             raise corrupt_error(ckpts, step, e) from e
         abstract, tx = _abstract_state(config, dataset, steps_per_epoch)
+        # The model the metadata describes must be the one whose arrays were saved
+        # (compared as shapes, before anything is allocated).
+        stored = ckpts.array_metadata(step)
+        try:
+            differences = _tree_differences({"params": stored["params"]},
+                                            {"params": abstract.params})
+        except (KeyError, TypeError) as e:
+            raise corrupt_error(ckpts, step, e) from e
+        if differences:
+            raise damaged_error(
+                ckpts, step, "its stored config and dataset metadata (model, image_shape, "
+                f"num_classes) do not fit its saved arrays ({'; '.join(differences[:4])})")
         arrays, meta = ckpts.restore(step, abstract_arrays(abstract, sharding))
     finally:
         ckpts.close()

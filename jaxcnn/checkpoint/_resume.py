@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxcnn.checkpoint._arrays import abstract_arrays, with_arrays
 from jaxcnn.checkpoint._errors import ResumeMismatchError
+from jaxcnn.checkpoint._meta import check_meta
 from jaxcnn.checkpoint._store import Checkpoints
 from jaxcnn.config import Config
 from jaxcnn.errors import JaxcnnError
@@ -96,7 +97,8 @@ def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding
     Raises:
       ResumeMismatchError: the config or the array shapes differ (all
         differing fields are listed).
-      CheckpointError: the latest checkpoint is corrupt.
+      CheckpointError: the latest checkpoint is corrupt, fails its checksums or
+        stores metadata out of bounds.
 
     Example:
       >>> import tempfile
@@ -110,6 +112,7 @@ def resume(checkpoints: Checkpoints, config: Config, state: TrainState, sharding
     if step is None:
         return None
     meta = checkpoints.read_meta(step)
+    check_meta(checkpoints, step, meta)  # the stored preprocess is used as it is
     where = checkpoints.step_path(step)
     fix = ("Run with the checkpoint's settings, pass --force-new to start over in a new "
            "directory, or choose another --workdir")
