@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import warnings
 from typing import Sequence
 
 import jax
@@ -136,8 +138,10 @@ def record_paths():
 
     Recorded ops: ``conv2d``, ``max_pool`` and ``avg_pool``.
 
-    Calls are recorded as they are traced, so run the function fresh (not a
-    jit-compiled function already in the cache); :func:`paths` does that.
+    Calls are recorded as they are traced or run eagerly: a call that JAX
+    does not trace again records nothing, such as a jit-compiled function
+    called with arguments it has already been traced for (JAX reuses the
+    cached trace). Use :func:`paths`, which traces afresh every time.
 
     Yields:
       A list that fills with one ``{"op", "path", "input_shape"}`` dict per call.
@@ -157,14 +161,54 @@ def record_paths():
         _RECORDS.remove(log)
 
 
+_FRESH_TRACES = itertools.count(1)
+
+
+@functools.lru_cache(maxsize=None)
+def _trace_context_state():
+    """A JAX config state that is part of every tracing cache's key and does not
+    affect tracing, or None if this JAX has none (see :func:`_fresh_trace`)."""
+    try:
+        from jax._src import config as jax_config
+
+        # Used only when compiling with profile-guided latency estimation on.
+        state = jax_config.pgle_profiling_runs
+        before = jax_config.trace_context()
+        with state(state.value + 1):
+            in_key = jax_config.trace_context() != before
+    except Exception:  # noqa: BLE001 - a JAX without it: fall back to the wrapper alone
+        return None
+    return state if in_key else None
+
+
+def _fresh_trace():
+    """A context under which no trace that JAX has cached is reused.
+
+    JAX caches the trace of each jit-compiled (or scanned, remat'd...)
+    function per argument shapes and config; a cache hit does not run the
+    Python function, so :func:`record_paths` would record nothing for it.
+    Setting a config value that is part of those caches' keys to a value never
+    used before makes every lookup miss. The value chosen (the number of
+    profiling runs of profile-guided latency estimation) affects only
+    compilation with that estimation on, and nothing is compiled here.
+    """
+    state = _trace_context_state()
+    if state is None:
+        return contextlib.nullcontext()
+    return state(1_000_000 + next(_FRESH_TRACES))
+
+
 def paths(fn, *args, **kwargs) -> list[tuple[str, str]]:
     """``(op, implementation)`` of every conv and pool call that ``fn(*args)`` makes.
 
     ``fn`` is traced abstractly (:func:`jax.eval_shape`): nothing is computed.
+    It is traced afresh on every call, also when it (or a function it calls)
+    was jit-compiled or traced before: JAX's trace caches are bypassed, so the
+    answer is the same each time.
 
     Args:
       fn: a function calling :func:`conv2d`, :func:`max_pool` or :func:`avg_pool`,
-        e.g. a model's apply.
+        e.g. a model's apply, or a jit-compiled one.
       *args, **kwargs: its arguments (arrays or ``jax.ShapeDtypeStruct``).
 
     Returns:
@@ -173,11 +217,26 @@ def paths(fn, *args, **kwargs) -> list[tuple[str, str]]:
     Example:
       >>> import jax, jax.numpy as jnp
       >>> f = lambda x, w: max_pool(conv2d(x, w, impl="fast"), impl="fast")
-      >>> paths(f, jnp.ones((2, 8, 8, 1)), jnp.ones((3, 3, 1, 4)))
+      >>> x, w = jnp.ones((2, 8, 8, 1)), jnp.ones((3, 3, 1, 4))
+      >>> paths(f, x, w)
       [('conv2d', 'fast'), ('max_pool', 'fast')]
+      >>> g = jax.jit(f); _ = g(x, w)
+      >>> paths(g, x, w) == paths(g, x, w) == paths(f, x, w)
+      True
     """
-    with record_paths() as log:
-        jax.eval_shape(fn, *args, **kwargs)
+    def fresh(*a, **k):  # a new function each call: never in a cache
+        return fn(*a, **k)
+
+    # A jit-compiled fn is traced as itself (its static arguments stay static) when
+    # the caches can be bypassed; otherwise through the fresh wrapper.
+    jitted = hasattr(fn, "trace") and hasattr(fn, "lower")
+    target = fn if jitted and _trace_context_state() is not None else fresh
+    with record_paths() as log, _fresh_trace():
+        jax.eval_shape(target, *args, **kwargs)
+    if not log and _trace_context_state() is None:
+        warnings.warn("ops.paths: this JAX's trace caches cannot be bypassed, so a function "
+                      "that fn calls and that was jit-compiled before reports no paths; the "
+                      "empty answer may be wrong", RuntimeWarning, stacklevel=2)
     return [(r["op"], r["path"]) for r in log]
 
 

@@ -270,3 +270,125 @@ def test_table_shows_the_path_each_layer_ran(train_row):
     xla_row = bench.bench_one(tiny_config(impl="xla", repeats=1, warmup=0), 8, peak=PEAK)
     assert xla_row["impl"] == "xla" and xla_row["compiler_options"] == {}
     assert xla_row["op_paths"] == "conv2d xla,xla; max_pool xla"
+
+
+# ---------------------------------------------------------------------------
+# Outputs that cannot be written (issue 15): refused before any work, or one
+# clean line when the disk fills up on the way. Plots of runs too.
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("jaxcnn: error: "), err
+    return lines[-1]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the benchmark, the peak measurement or a dataset load starts."""
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the output was checked")
+
+    monkeypatch.setattr(bench, "run", work)
+    monkeypatch.setattr(bench, "device_peak", work)
+    import jaxcnn.data
+
+    monkeypatch.setattr(jaxcnn.data, "load_dataset", work)
+
+
+def test_bench_refuses_an_output_it_cannot_write_before_any_work(tmp_path, capsys, no_work):
+    (tmp_path / "file").write_text("x")
+    cases = {
+        "/nonexistent/dir/x.jsonl": "the directory '/nonexistent/dir' does not exist",
+        str(tmp_path): "it is a directory",
+        str(tmp_path / "file" / "x.jsonl"): "is not a directory",
+    }
+    for out, expected in cases.items():
+        assert main(["bench", "--dataset", "digits", "--out", out]) == 2
+        line = _error_line(capsys)
+        assert f"cannot write the results to {out!r}" in line and expected in line, line
+    # --png (with --plot) is checked before the JSON lines are read.
+    for png, expected in ((str(tmp_path / "file" / "x.png"), "is not a directory"),
+                          (str(tmp_path), "it is a directory")):
+        assert main(["bench", "--plot", str(tmp_path / "missing.jsonl"), "--png", png]) == 2
+        line = _error_line(capsys)
+        assert f"cannot write the plot to {png!r}" in line and expected in line, line
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # no probe file left behind
+
+
+def test_output_problem_creates_and_changes_nothing(tmp_path):
+    existing = tmp_path / "old.jsonl"
+    existing.write_text('{"a": 1}\n')
+    before = existing.stat()
+    assert bench.output_problem(str(existing)) is None
+    assert existing.read_text() == '{"a": 1}\n' and existing.stat().st_mtime == before.st_mtime
+    assert bench.output_problem(str(tmp_path / "new" / "deeper" / "x.png"),
+                                create_dirs=True) is None
+    assert "does not exist" in bench.output_problem(str(tmp_path / "new" / "x.jsonl"))
+    assert sorted(os.listdir(tmp_path)) == ["old.jsonl"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_bench_out_on_a_full_disk_is_one_line(capsys, monkeypatch):
+    row = {"framework": "jaxcnn", "round": 0, "batch_size": 8, "status": "ok",
+           "images_per_s": 1.0}
+
+    def fake_run(config, on_row=None, **kwargs):
+        on_row(dict(row))
+        return [row]
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    assert main(["bench", "--spec", TINY, "--input-shape", "10x10x1", "--classes", "3",
+                 "--batch-sizes", "8", "--peak-flops", "1e12", "--out", "/dev/full"]) == 2
+    line = _error_line(capsys)
+    assert "'/dev/full'" in line and "No space left on device" in line
+
+
+def _enospc(fig, fname, *args, **kwargs):
+    """``Figure.savefig`` on a full disk: part of the file is written, then ENOSPC."""
+    import errno
+
+    with open(fname, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_plots_on_a_full_disk(tmp_path, capsys, monkeypatch):
+    import matplotlib.figure
+
+    from jaxcnn.errors import JaxcnnError
+    from jaxcnn.plots import learning_curves
+
+    rows = [{"framework": "jaxcnn", "model": "m", "what": "train", "batch_size": b,
+             "status": "ok", "step_seconds_median": 0.01, "step_seconds_min": 0.009,
+             "step_seconds_max": 0.011} for b in (8, 16)]
+    jsonl = bench.write_jsonl(rows, str(tmp_path / "b.jsonl"))
+    history = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5}, {"epoch": 2, "loss": 0.5,
+                                                             "accuracy": 0.7}]
+    curves = str(tmp_path / "curves.png")
+    learning_curves(history, curves)
+    before = open(curves, "rb").read()
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _enospc)
+    with pytest.raises(JaxcnnError, match=r"curves\.png'.*No space left on device"):
+        learning_curves(history, curves)
+    assert open(curves, "rb").read() == before  # the previous plot is intact, no partial one
+    assert main(["bench", "--plot", jsonl, "--png", str(tmp_path / "t.png")]) == 2
+    assert "No space left on device" in _error_line(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["b.jsonl", "curves.png"]
+
+
+def test_run_on_a_full_disk_while_plotting_without_checkpoints(tmp_path, capsys, monkeypatch):
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _enospc)
+    workdir = str(tmp_path / "run")
+    assert main(["train", "--spec", "conv(4,3) maxpool(2) flatten softmax", "--epochs", "1",
+                 "--batch-size", "256", "--num-devices", "1", "--validation", "0", "--workdir", workdir,
+                 "--set", "checkpoint.enabled=false", "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "learning_curves.png" in line and "No space left on device" in line
+    # The results were written before the plot.
+    assert {"summary.json", "history.jsonl", "config.json"} <= set(os.listdir(workdir))
+    assert not any(".tmp" in name for name in os.listdir(workdir))

@@ -44,15 +44,16 @@ from jaxcnn.bench._frameworks import compare_request, framework_rows
 from jaxcnn.bench._measure import bench_data, bench_one, bench_policy, train_program
 from jaxcnn.bench._memory import available_memory_bytes, compiled_memory_bytes
 from jaxcnn.bench._peaks import DEVICE_PEAKS, Peak, device_peak, lookup_peak, measure_matmul_peak
-from jaxcnn.bench._report import (aggregate, format_table, plot_throughput, read_jsonl,
-                                  write_jsonl)
+from jaxcnn.bench._report import (aggregate, format_table, output_problem, plot_throughput,
+                                  read_jsonl, write_jsonl)
 from jaxcnn.bench._sweep import run
 from jaxcnn.compare import ComparisonError
 
 
 __all__ = [
     "BenchConfig", "BenchError", "ComparisonError", "DEVICE_PEAKS", "Peak", "aggregate",
-    "available_memory_bytes", "bench_data", "bench_one", "bench_policy", "compare_request", "compiled_memory_bytes",
-    "device_peak", "format_table", "framework_rows", "lookup_peak", "measure_matmul_peak",
-    "plot_throughput", "read_jsonl", "run", "train_program", "write_jsonl",
+    "available_memory_bytes", "bench_data", "bench_one", "bench_policy", "compare_request",
+    "compiled_memory_bytes", "device_peak", "format_table", "framework_rows", "lookup_peak",
+    "measure_matmul_peak", "output_problem", "plot_throughput", "read_jsonl", "run",
+    "train_program", "write_jsonl",
 ]

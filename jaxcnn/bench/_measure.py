@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import math
 import time
 from typing import Any, Callable
 
@@ -142,6 +143,7 @@ class _Target:
     run: Callable[[int], None]  # runs n steps and waits for them
     calls_per_step: tuple[int, ...]  # how often each program runs per step (FLOP count)
     single_step: Callable[[], Any] | None = None  # one step lowered (scan mode's FLOPs)
+    host_bytes: int = 0  # host memory the synthetic data take while they are made
 
 
 def _target(model, config: BenchConfig, batch_size: int) -> _Target:
@@ -158,43 +160,72 @@ def _target(model, config: BenchConfig, batch_size: int) -> _Target:
     key = jax.random.key(config.seed + 1)
     if config.mode == "scan":
         return _scan_target(state, model, config, batch_size, key)
-    images, labels, preprocess = bench_data(config, batch_size)
     device = jax.devices()[0]
-    box = {"state": state, "out": None}
+    placed = jax.sharding.SingleDeviceSharding(device)
+    c = config.input_shape[-1]
+    preprocess = Preprocess(1.0 / 255.0, (0.5,) * c, (0.25,) * c)  # as bench_data's
+    n = batch_size * _BENCH_BATCHES if config.what == "train" else batch_size
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=placed)
+
+    # The data are made on the first timed call, after the compiled step's memory was
+    # checked against what is available: a batch that cannot fit is reported, not allocated.
+    data_specs = (spec((n, *config.input_shape), jnp.uint8), spec((n,), jnp.int32))
+    host_bytes = batch_size * _BENCH_BATCHES * (math.prod(config.input_shape) + 8)
+    box = {"state": state, "out": None, "data": None}
+
+    def data():
+        if box["data"] is None:
+            images, labels, _ = bench_data(config, batch_size)
+            box["data"] = (jax.device_put(images[:n], device), jax.device_put(labels[:n], device))
+        return box["data"]
+
     if config.what == "train":
         program = train_program(config, batch_size, preprocess)
-        perm = jax.device_put(np.arange(len(labels), dtype=np.int32), device)
-        data = (jax.device_put(images, device), jax.device_put(labels, device), perm)
+        perm_spec = spec((n,), jnp.int32)
         aug_key = jax.random.key(config.seed + 3) if program.augment is not None else None
         box["carry"] = program.init_carry(state, device)
 
-        def run(n):
-            for _ in range(n):
-                box["state"], box["carry"] = program.step(box["state"], box["carry"], data, key,
-                                                          aug_key)
+        def run(k):
+            images, labels = data()
+            if "perm" not in box:
+                box["perm"] = jax.device_put(np.arange(n, dtype=np.int32), device)
+            for _ in range(k):
+                box["state"], box["carry"] = program.step(
+                    box["state"], box["carry"], (images, labels, box["perm"]), key, aug_key)
             jax.block_until_ready((box["state"], box["carry"]))
 
         calls = (1,) if program.policy.chunks == 1 else (program.policy.chunks, 1)
         return _Target(program.policy,
-                       lambda: program.lower(box["state"], box["carry"], data, key, aug_key),
-                       run, calls)
-    x = jax.device_put(images[:batch_size], device)
+                       lambda: program.lower(box["state"], box["carry"],
+                                             (*data_specs, perm_spec), key, aug_key),
+                       run, calls, host_bytes=host_bytes)
     policy = bench_policy(config, batch_size)
     if config.what == "eval":
         fn = compiled_eval(state)
-        y = jax.device_put(labels[:batch_size], device)
-        mask = jax.device_put(np.ones(batch_size, np.float32), device)
-        args = (state, x, y, mask, preprocess)
+        mask_spec = spec((batch_size,), jnp.float32)
+
+        def args(x, y):
+            if not isinstance(x, jax.Array):
+                return (state, x, y, mask_spec, preprocess)
+            if "mask" not in box:
+                box["mask"] = jax.device_put(np.ones(batch_size, np.float32), device)
+            return (state, x, y, box["mask"], preprocess)
     else:
         fn = compiled_predict(state)
-        args = (state.params, x, state.apply_fn, preprocess)
 
-    def run(n):
-        for _ in range(n):
-            box["out"] = fn(*args)
+        def args(x, y):
+            return (state.params, x, state.apply_fn, preprocess)
+
+    def run(k):
+        call_args = args(*data())
+        for _ in range(k):
+            box["out"] = fn(*call_args)
         jax.block_until_ready(box["out"])
 
-    return _Target(policy, lambda: [fn.lower(*args)], run, (1,))
+    return _Target(policy, lambda: [fn.lower(*args(*data_specs))], run, (1,),
+                   host_bytes=host_bytes)
 
 
 def _scan_target(state, model, config: BenchConfig, batch_size: int, key) -> _Target:
@@ -229,18 +260,22 @@ def _scan_target(state, model, config: BenchConfig, batch_size: int, key) -> _Ta
 
     donate = (0,) if config.what == "train" else ()
     fn = jax.jit(scanned, donate_argnums=donate, compiler_options=policy.options)
-    k_img, k_lab = jax.random.split(jax.random.key(config.seed + 2))
-    batch = {"image": jax.random.normal(k_img, (batch_size, *config.input_shape)),
-             "label": jax.random.randint(k_lab, (batch_size,), 0, config.num_classes)}
-    box = {"state": state, "out": None}
+    specs = {"image": jax.ShapeDtypeStruct((batch_size, *config.input_shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    box = {"state": state, "out": None, "batch": None}
 
     def run(n):
+        if box["batch"] is None:  # made after the memory check, like step mode's data
+            k_img, k_lab = jax.random.split(jax.random.key(config.seed + 2))
+            box["batch"] = {
+                "image": jax.random.normal(k_img, (batch_size, *config.input_shape)),
+                "label": jax.random.randint(k_lab, (batch_size,), 0, config.num_classes)}
         for _ in range(n):
-            box["state"], box["out"] = fn(box["state"], batch)
+            box["state"], box["out"] = fn(box["state"], box["batch"])
         jax.block_until_ready((box["state"], box["out"]))
 
-    return _Target(policy, lambda: [fn.lower(box["state"], batch)], run, (1,),
-                   lambda: jax.jit(one, compiler_options=policy.options).lower(state, batch))
+    return _Target(policy, lambda: [fn.lower(box["state"], specs)], run, (1,),
+                   lambda: jax.jit(one, compiler_options=policy.options).lower(state, specs))
 
 
 def describe_paths(model, input_shape, *, train: bool = True) -> str:
@@ -344,6 +379,10 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
                                 + (" x 3)" if config.what == "train" else ")"))
 
     needed = compiled_memory_bytes(compiled)
+    if needed is not None and target.host_bytes:
+        # The synthetic data are made on the host and then put on the device: both for a
+        # moment (on a CPU the same memory).
+        needed += target.host_bytes
     available = memory_limit_bytes if memory_limit_bytes is not None \
         else available_memory_bytes(device)
     row.update(compiled_memory_bytes=needed, memory_available_bytes=available)

@@ -10,7 +10,10 @@ import os
 import statistics
 from typing import Any, Iterable, Sequence
 
+from jaxcnn._fs import writable_dir_problem
 from jaxcnn.bench._config import BenchError
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.plots import save_figure
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str, *, append: bool = False) -> str:
@@ -28,6 +31,48 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str, *, append: bool = Fal
         for row in rows:
             f.write(json.dumps(row, default=str) + "\n")
     return path
+
+
+def output_problem(path: str, *, create_dirs: bool = False) -> str | None:
+    """Why ``path`` cannot be written, or None: checked before a benchmark runs.
+
+    Nothing is created or changed: an existing file is opened for appending
+    and closed, a new one is probed with a temporary file in its directory,
+    removed at once. A missing directory is a problem unless ``create_dirs``
+    (then the nearest existing parent must be writable).
+
+    Example:
+      >>> import tempfile
+      >>> d = tempfile.mkdtemp()
+      >>> output_problem(os.path.join(d, "b.jsonl")) is None, os.listdir(d)
+      (True, [])
+      >>> output_problem(os.path.join(d, "no", "b.jsonl"))  # doctest: +ELLIPSIS
+      "the directory '.../no' does not exist"
+      >>> output_problem(d)
+      'it is a directory'
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return "it is a directory"
+    if os.path.exists(path):
+        try:
+            if os.path.isfile(path):
+                open(path, "ab").close()  # appends nothing: the file is unchanged
+            elif not os.access(path, os.W_OK):
+                return "permission denied"
+        except OSError as e:
+            return e.strerror or str(e)
+        return None
+    directory = os.path.dirname(path)
+    if create_dirs:
+        while not os.path.exists(directory) and os.path.dirname(directory) != directory:
+            directory = os.path.dirname(directory)
+    if not os.path.exists(directory):
+        return f"the directory {directory!r} does not exist"
+    if not os.path.isdir(directory):
+        return f"{directory!r} is not a directory"
+    # The directory exists: writable_dir_problem creates nothing, it only probes.
+    return writable_dir_problem(directory)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -233,6 +278,10 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str, title: str | None
     Returns:
       ``path``.
 
+    Raises:
+      BenchError: no row to plot, or the file cannot be written (a full
+        disk, no permission); a previous file at ``path`` is then left intact.
+
     Example:
       >>> import tempfile
       >>> rows = [{"framework": f, "model": "m", "what": "train", "batch_size": b,
@@ -299,10 +348,18 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str, title: str | None
     kinds = sorted({str(k[3]) for k in groups if k[3]})
     fig.suptitle(title or ("throughput on " + ", ".join(kinds) if kinds else "throughput"))
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # A full disk leaves no partial plot and any previous one intact.
+        save_figure(fig, path)
+    except (OSError, JaxcnnError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e).split(": ", 1)[-1]
+        raise BenchError(f"cannot write the plot {path!r}: {reason}; free disk space "
+                         "or choose another --png") from None
+    finally:
+        plt.close(fig)
     return path
 
 
-__all__ = ["aggregate", "format_table", "plot_throughput", "read_jsonl", "write_jsonl"]
+__all__ = ["aggregate", "format_table", "output_problem", "plot_throughput", "read_jsonl",
+           "write_jsonl"]

@@ -52,8 +52,11 @@ from jaxcnn.host_memory import is_host_memory_setting
 # step, hence the cap; larger batches are spread over several calls (chunks).
 MICRO_BATCH_IMAGES = 32
 MAX_MICRO_BATCHES = 4
-# The images of one compiled call when a batch is spread over several calls.
+# The images of one compiled call when a batch is spread over several calls, and the
+# most calls one step is spread over (batches of 512 and 1024 were measured; beyond
+# 32 chunks, 4,096 images, a step runs as one call, as before chunks existed).
 CHUNK_IMAGES = MICRO_BATCH_IMAGES * MAX_MICRO_BATCHES
+MAX_CHUNKS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,13 +168,17 @@ def resolve_chunks(batch_size: int, setting: int | str = "auto", impl: str = "au
 
     ``"auto"`` (with ``train.micro_batches=auto``): on the CPU fast path with
     one device, a batch of more than 256 images runs as the fewest equal
-    chunks of at most 128 images (:data:`CHUNK_IMAGES`) that divide it; 1
-    where no such division exists, elsewhere, and for smaller batches.
+    chunks of at most 128 images (:data:`CHUNK_IMAGES`) that divide it, at
+    most :data:`MAX_CHUNKS` of them; 1 where no such division exists,
+    elsewhere, and for smaller or larger batches.
     An explicit micro-batch setting means one call (1).
 
     Example:
       >>> [resolve_chunks(b, impl="fast", backend="cpu") for b in (128, 512, 1024, 300, 257)]
       [1, 4, 8, 3, 1]
+      >>> resolve_chunks(4096, impl="fast", backend="cpu"), resolve_chunks(
+      ...     8192, impl="fast", backend="cpu")
+      (32, 1)
     """
     if setting != "auto":
         return 1
@@ -179,7 +186,8 @@ def resolve_chunks(batch_size: int, setting: int | str = "auto", impl: str = "au
     if (num_devices > 1 or backend != "cpu" or ops.resolve_impl(impl, backend) != "fast"
             or batch_size <= 2 * CHUNK_IMAGES):
         return 1
-    for chunks in range(-(-batch_size // CHUNK_IMAGES), batch_size // MICRO_BATCH_IMAGES + 1):
+    for chunks in range(-(-batch_size // CHUNK_IMAGES),
+                        min(batch_size // MICRO_BATCH_IMAGES, MAX_CHUNKS) + 1):
         if batch_size % chunks == 0:
             return chunks
     return 1
