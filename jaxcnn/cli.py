@@ -97,20 +97,36 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+# A config file is a JSON object of a few KB; a larger file is refused before it is read whole.
+CONFIG_MAX_BYTES = 1 << 20
+
+
+def _read_config(path: str):
+    """The :class:`~jaxcnn.config.Config` of a ``--config`` file; errors name the file."""
+    from jaxcnn.config import Config
+    from jaxcnn.errors import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CONFIG_MAX_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read --config {path!r}: {e.strerror or e}") from None
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ConfigError(f"--config {path!r} is larger than {CONFIG_MAX_BYTES // 2**20} MiB; a "
+                          "config file is a JSON object of a few KB")
+    try:
+        return Config.from_json(data)
+    except ConfigError as e:
+        text = str(e)
+        raise ConfigError(f"--config {path!r} is {text}" if text.startswith("not ")
+                          else f"--config {path!r}: {text}") from None
+
+
 def config_from_args(args: argparse.Namespace):
     """Builds the run :class:`~jaxcnn.config.Config` from parsed ``train`` arguments."""
     from jaxcnn.config import Config, override, parse_overrides
 
-    if args.config:
-        try:
-            with open(args.config) as f:
-                config = Config.from_json(f.read())
-        except OSError as e:
-            raise JaxcnnError(f"cannot read --config {args.config!r}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise JaxcnnError(f"--config {args.config!r} is not valid JSON: {e}") from None
-    else:
-        config = Config()
+    config = _read_config(args.config) if args.config else Config()
     flags = {
         "model.name": args.model or args.spec,
         "data.dataset": args.dataset,
@@ -251,6 +267,7 @@ def _add_predict_parser(sub) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from jaxcnn._fs import printable
     from jaxcnn.inference import predict_files
 
     if args.top_k < 1:
@@ -259,9 +276,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
     else:
+        # File and class names come from files: control characters are shown escaped.
         for p in out["predictions"]:
-            print(p["input"] + ": " + ", ".join(f"{t['class']} {t['probability']:.4f}"
-                                                for t in p["top_k"]))
+            print(printable(p["input"]) + ": " + ", ".join(
+                f"{printable(t['class'])} {t['probability']:.4f}" for t in p["top_k"]))
     return EXIT_OK
 
 
@@ -407,9 +425,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from jaxcnn import bench
 
+    # Where results go is checked before any work, so a typo does not cost a benchmark.
+    if args.plot:
+        png = args.png or os.path.splitext(args.plot[0])[0] + ".png"
+        problem = bench.output_problem(png, create_dirs=True)  # plot_throughput makes dirs
+        if problem:
+            raise bench.BenchError(f"cannot write the plot to {png!r}: {problem}; choose "
+                                   "another --png")
+    elif args.out:
+        problem = bench.output_problem(args.out)
+        if problem:
+            raise bench.BenchError(f"cannot write the results to {args.out!r}: {problem}; "
+                                   "create the directory or choose another --out")
     if args.plot:
         rows = [row for path in args.plot for row in bench.read_jsonl(path)]
-        png = args.png or os.path.splitext(args.plot[0])[0] + ".png"
         bench.plot_throughput(rows, png)
         print(bench.format_table(rows))
         print(f"plot: {png}", file=sys.stderr)
@@ -445,12 +474,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         peak = bench.device_peak(config.dtype)
     print(f"peak: {peak.detail}", file=sys.stderr)
-    out = open(args.out, "a" if args.append else "w") if args.out else None
+    try:
+        out = open(args.out, "a" if args.append else "w") if args.out else None
+    except OSError as e:
+        raise bench.BenchError(f"cannot write the results to {args.out!r}: "
+                               f"{e.strerror or e}; choose another --out") from None
 
     def on_row(row):
         if out is not None:  # written as measured, so an interrupted sweep keeps its rows
-            out.write(json.dumps(row, default=str) + "\n")
-            out.flush()
+            try:
+                out.write(json.dumps(row, default=str) + "\n")
+                out.flush()
+            except OSError as e:
+                raise bench.BenchError(
+                    f"cannot write the results to {args.out!r}: {e.strerror or e}; the rows "
+                    "written before this one are in it. Free disk space or choose another "
+                    "--out") from None
         speed = ("out of memory" if row["status"] == "oom"
                  else f"{row['images_per_s']:,.0f} images/s")
         print(f"  {row['framework']:<16} round {row['round']} batch {row['batch_size']:>5}: "
@@ -462,7 +501,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          first_round=args.first_round)
     finally:
         if out is not None:
-            out.close()
+            try:
+                out.close()
+            except OSError:
+                pass  # a full disk: on_row has already said so
     print(bench.format_table(rows))
     if args.out:
         print(f"results: {args.out}", file=sys.stderr)
@@ -527,6 +569,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxcnn: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("jaxcnn: error: out of host memory; use a smaller model, batch size or dataset "
+              "(the last saved checkpoint, if any, is unchanged)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        # A file-system failure that no check caught (disk full, permissions changed under
+        # the run): one line with the path and the reason, never a traceback.
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"jaxcnn: error: {e.strerror or e}{where}; free space or fix permissions and "
+              "run again (checkpoints already written are kept)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def entry_point() -> None:

@@ -28,13 +28,11 @@ import os
 import re
 import time
 
-import jax
-
 from jaxcnn import _fs, provenance, sharding as shd
 from jaxcnn.host_memory import host_memory_state, reuse_host_memory
 from jaxcnn.config import Config
 from jaxcnn.data import Dataset, Preprocess, fit_options, load_dataset
-from jaxcnn.errors import ConfigError, JaxcnnError
+from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteLossError
 from jaxcnn.models import Sequential, build_model, summary, to_spec
 from jaxcnn.training import (ExecutionPolicy, FitResult, TrainState, build_state, evaluate, fit,
                              resolve_policy, split_keys)
@@ -130,11 +128,17 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
                             micro_batches=config.train.micro_batches,
                             host_memory=config.train.reuse_host_memory,
                             num_devices=mesh.devices.size)
+    summary(model, dataset.image_shape, batch_size=policy.images_per_call(  # memory for training
+        config.data.batch_size) // policy.micro_batches // mesh.devices.size)
     steps_per_epoch = len(dataset.train) // config.data.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
             f"data.batch_size={config.data.batch_size} is larger than the training split "
             f"({len(dataset.train)} examples); use --batch-size {len(dataset.train)} or less")
+    if config.train.epochs * steps_per_epoch > 2**31 - 1:
+        raise ConfigError(
+            f"train.epochs={config.train.epochs} x {steps_per_epoch} steps per epoch is more "
+            "than the step counter holds (2**31 - 1 steps); use fewer epochs or a larger batch")
     keys = split_keys(config.train.seed)
     built = build_state(config, dataset.image_shape, dataset.num_classes, steps_per_epoch,
                         key=keys.init)
@@ -172,6 +176,8 @@ def train_and_evaluate(
     from the latest one (step, parameters, optimiser state, history and the
     stored preprocessing); the data order and dropout keys follow from the
     step. SIGTERM/SIGINT save and raise :class:`jaxcnn.checkpoint.Preempted`.
+    The run holds an exclusive lock on ``workdir`` until it returns, so a second
+    run on the same directory fails at once, naming the holder.
 
     Args:
       config: the run's config.
@@ -195,6 +201,13 @@ def train_and_evaluate(
       >>> 0.0 <= out["test_accuracy"] <= 1.0
       True
     """
+    with contextlib.ExitStack() as lock:  # the run directory's lock, held to the end
+        return _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new,
+                                   lock)
+
+
+def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new,
+                        lock: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
     run = prepare(config, dataset)
     workdir = workdir or default_workdir(config)
@@ -209,6 +222,8 @@ def train_and_evaluate(
                          workdir, new_workdir)
                 workdir = new_workdir
             _make_workdir(workdir)
+            # One writer per run directory: taken before Orbax cleans or writes anything.
+            lock.enter_context(ckpt.lock_workdir(workdir))
             ckpts = stack.enter_context(
                 ckpt.from_config(ckpt.checkpoint_dir(workdir), config.checkpoint))
             # Restored directly onto this run's mesh, whatever layout saved it.
@@ -225,6 +240,7 @@ def train_and_evaluate(
                          ckpts.step_path(resumed.step))
         else:
             _make_workdir(workdir)
+            lock.enter_context(_fs.DirectoryLock(workdir))
         _write_json(os.path.join(workdir, "config.json"), config.to_dict())
         meta = run.meta()
         _write_json(os.path.join(workdir, "meta.json"), meta)
@@ -239,18 +255,24 @@ def train_and_evaluate(
             callbacks = [saver, *callbacks]
 
         t_fit = time.perf_counter()
-        result: FitResult = fit(
-            run.state, run.dataset, keys=run.keys, epochs=config.train.epochs,
-            batch_size=config.data.batch_size, preprocess=run.preprocess,
-            eval_batch_size=config.data.eval_batch_size, mesh=run.mesh,
-            learning_rate=run.schedule,
-            early_stopping_patience=config.train.early_stopping_patience,
-            early_stopping_metric=config.train.early_stopping_metric,
-            restore_best=config.train.restore_best,
-            log_every_seconds=config.train.log_every_seconds,
-            callbacks=callbacks, history=history, progress=progress,
-            policy=run.policy,
-            **fit_options(config.data, run.dataset.image_shape))
+        try:
+            result: FitResult = fit(
+                run.state, run.dataset, keys=run.keys, epochs=config.train.epochs,
+                batch_size=config.data.batch_size, preprocess=run.preprocess,
+                eval_batch_size=config.data.eval_batch_size, mesh=run.mesh,
+                learning_rate=run.schedule,
+                early_stopping_patience=config.train.early_stopping_patience,
+                early_stopping_metric=config.train.early_stopping_metric,
+                restore_best=config.train.restore_best,
+                log_every_seconds=config.train.log_every_seconds,
+                callbacks=callbacks, history=history, progress=progress,
+                policy=run.policy,
+                **fit_options(config.data, run.dataset.image_shape))
+        except NonFiniteLossError as e:
+            # Say which checkpoint is on disk (the in-memory state dies with the process).
+            from jaxcnn.checkpoint import explain_divergence
+
+            raise explain_divergence(e, saver.checkpoints if saver else None) from None
     # Leaving the block waited for the last checkpoint write (and raised if it failed).
     train_seconds = time.perf_counter() - t_fit
     if saver is not None and saver.preempted_step is not None:
