@@ -69,3 +69,26 @@ def test_ci_runs_the_readme_test_command():
     blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
     test_cmd = next(b for b in blocks if "pytest" in b)
     assert test_cmd.strip() in ci
+
+
+def test_uncaught_os_and_memory_errors_are_one_line(monkeypatch, capsys):
+    import errno
+
+    from jaxcnn import cli
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/history.csv")
+
+    def no_memory(args):
+        raise MemoryError
+
+    for fn, code, text in ((full_disk, 1, "No space left on device (/runs/x/history.csv)"),
+                            (no_memory, 2, "out of host memory")):
+        parser = cli.build_parser()
+        monkeypatch.setattr(cli, "build_parser", lambda p=parser: p)
+        args = parser.parse_args(["summary"])
+        monkeypatch.setattr(parser, "parse_args", lambda argv=None, a=args: a)
+        args.func = fn
+        assert cli.main(["summary"]) == code
+        err = capsys.readouterr().err
+        assert text in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
