@@ -8,6 +8,9 @@ with status 2 instead of showing a traceback.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable, Mapping
+
 
 class JaxcnnError(ValueError):
     """Base class of every user-facing jaxcnn error.
@@ -93,6 +96,48 @@ class NonFiniteLossError(JaxcnnError):
         self.state = state
 
 
+# Names longer than this get no suggestion (matching cost grows with the length).
+_MAX_SUGGEST_LEN = 200
+
+
+def did_you_mean(name: str, candidates: "Iterable[str] | Mapping[str, str]", *,
+                 cutoff: float = 0.6) -> str:
+    """The closest known name to an unknown ``name``, as a sentence to end an error with.
+
+    Every "unknown X" message of jaxcnn ends with this (after the list of valid
+    choices), so a typo gets one suggestion. Matching is case-insensitive and
+    uses :func:`difflib.get_close_matches` (similarity >= ``cutoff``).
+
+    Args:
+      name: the name that is not known.
+      candidates: the known names; or a mapping from names to match against to
+        the name to suggest for each (aliases, or hand-written hints such as
+        ``{"optimizer.lr": "optimizer.learning_rate"}``).
+      cutoff: the least similarity (0 to 1) for a suggestion.
+
+    Returns:
+      ``" Did you mean 'x'?"`` (with a leading space), or ``""`` when nothing is close.
+
+    Example:
+      >>> did_you_mean("digts", ["digits", "mnist", "cifar10"])
+      " Did you mean 'digits'?"
+      >>> did_you_mean("conv2", {"conv": "conv", "conv2d": "conv", "dense": "dense"})
+      " Did you mean 'conv'?"
+      >>> did_you_mean("resnet", ["digits", "mnist"])
+      ''
+    """
+    if isinstance(candidates, Mapping):
+        choices = {str(k).lower(): str(v) for k, v in candidates.items()}
+    else:
+        choices = {str(c).lower(): str(c) for c in candidates}
+    key = str(name).strip().lower()
+    if not key or len(key) > _MAX_SUGGEST_LEN:
+        return ""
+    match = difflib.get_close_matches(key, list(choices), n=1, cutoff=cutoff)
+    return f" Did you mean {choices[match[0]]!r}?" if match else ""
+
+
 __all__ = [
     "ConfigError", "DataError", "JaxcnnError", "NonFiniteLossError", "ShapeError", "SpecError",
+    "did_you_mean",
 ]

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers as L
-from jaxcnn.errors import ShapeError, SpecError
+from jaxcnn.errors import ShapeError, SpecError, did_you_mean
 
 # ---------------------------------------------------------------------------
 # Layer specs
@@ -361,7 +361,8 @@ def parse_spec(text: str) -> list[LayerSpec]:
         if layer is None:
             raise SpecError(
                 _point(text, pos, f"unknown layer {_short(tok)!r}")
-                + f"\nknown layers: {', '.join(sorted(set(_TEXT_NAME.values())))}"
+                + f"\nknown layers: {', '.join(sorted(set(_TEXT_NAME.values())))}."
+                + did_you_mean(tok, {a: _TEXT_NAME[k] for a, k in _ALIASES.items()})
             )
         name = _TEXT_NAME[layer]
         i += 1
@@ -393,7 +394,9 @@ def parse_spec(text: str) -> list[LayerSpec]:
                     if key not in _SPEC_KEYS[layer]:
                         raise SpecError(
                             _point(text, apos, f"{name} has no argument {_short(atok)!r}")
-                            + f"\nvalid arguments: {', '.join(_SPEC_KEYS[layer]) or '(none)'}"
+                            + f"\nvalid arguments: {', '.join(_SPEC_KEYS[layer]) or '(none)'}."
+                            + did_you_mean(atok, {k: k for k in _SPEC_KEYS[layer]} | {
+                                a: k for a, k in _KEY_ALIASES.items() if k in _SPEC_KEYS[layer]})
                         )
                     if i + 2 >= len(tokens) or tokens[i + 2][0] == "punct":
                         raise SpecError(_point(text, tokens[i + 1][2],
@@ -581,7 +584,8 @@ def model_spec(name_or_spec: str) -> list[LayerSpec]:
         return parse_spec(ZOO[key][0])
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) and key.lower() not in _ALIASES:
         raise SpecError(f"unknown model {key!r}; known models: {', '.join(sorted(ZOO))}, or "
-                        "give spec text such as 'conv(32,3) maxpool(2) flatten softmax'")
+                        "give spec text such as 'conv(32,3) maxpool(2) flatten softmax'."
+                        + did_you_mean(key, list(ZOO)))
     return parse_spec(key)
 
 
@@ -736,12 +740,15 @@ def _si(n: float) -> str:
 
 
 def summary(model: Sequential, input_shape: Sequence[int], *, batch_size: int | None = None,
-            budget_bytes: int | None = None) -> ModelSummary:
+            budget_bytes: int | None = None, input_name: str | None = None) -> ModelSummary:
     """Computes each layer's output shape, parameters and FLOPs (per image).
 
     Shapes are checked on the way: a layer that does not fit its input raises
-    :class:`~jaxcnn.errors.ShapeError` naming the layer. Nothing is computed on
-    a device (shapes come from ``jax.eval_shape``).
+    :class:`~jaxcnn.errors.ShapeError` naming the layer. When the images are
+    smaller than the model needs, the message also names the model (its zoo
+    name), the smallest size it accepts (:func:`min_input_size`) and datasets
+    of images that fit. Nothing is computed on a device (shapes come from
+    ``jax.eval_shape``).
 
     Memory is checked on the way too, before anything is allocated or
     compiled: a model that cannot fit raises :class:`~jaxcnn.errors.SpecError`
@@ -760,6 +767,8 @@ def summary(model: Sequential, input_shape: Sequence[int], *, batch_size: int | 
         reports (``bytes_limit``), or on the CPU the host's physical memory,
         capped by a cgroup limit and by ``ulimit -v`` / ``-d`` (less what the
         process already maps).
+      input_name: what the images are, for that message (e.g. the dataset's
+        name: ``"digits is 8x8x1"``); None: ``"the input is 8x8x1"``.
 
     Returns:
       A :class:`ModelSummary`; ``print()`` it for a Keras-like table.
@@ -793,14 +802,102 @@ def summary(model: Sequential, input_shape: Sequence[int], *, batch_size: int | 
         _check_window(layer, x.shape)
         # Parameters a layer will have, known before its shapes are traced.
         memory.check(rows, (name, type(layer).__name__, _param_lower_bound(layer, x.shape)))
-        y, variables = jax.eval_shape(
-            lambda v, layer=layer: layer.init_with_output(jax.random.key(0), v), x)
+        try:
+            y, variables = jax.eval_shape(
+                lambda v, layer=layer: layer.init_with_output(jax.random.key(0), v), x)
+        except ShapeError as e:
+            too_small = _input_too_small(model, shape, str(e), input_name)
+            if too_small is None:
+                raise
+            raise ShapeError(too_small) from None
         params = sum(math.prod(p.shape) for p in jax.tree.leaves(variables))
         rows.append(LayerRow(name, type(layer).__name__, tuple(y.shape[1:]), int(params),
                              int(_flops(layer, x.shape[1:], y.shape[1:]))))
         memory.check(rows)
         x = jax.ShapeDtypeStruct(y.shape, jnp.float32)
     return ModelSummary(shape, tuple(rows))
+
+
+def min_input_size(model: "Sequential | Iterable[nn.Module | LayerSpec]") -> tuple[int, int]:
+    """The smallest ``(height, width)`` of input images that every layer of ``model`` fits.
+
+    Walks the layers from the output back to the input, starting from a 1x1 feature
+    map: a conv or pool layer with ``valid`` padding needs ``(out - 1) * stride + window``
+    input rows for ``out`` output rows (its output is ``floor((in - window) / stride) + 1``),
+    with ``same`` padding ``(out - 1) * stride + 1`` (its output is ``ceil(in / stride)``).
+    Other layers do not depend on the image size. Any larger size fits too.
+
+    Args:
+      model: a :class:`Sequential`, or its layers (modules or :class:`LayerSpec`).
+
+    Returns:
+      ``(height, width)``.
+
+    Example:
+      >>> min_input_size(build_model("keras_convnet", 10))
+      (10, 10)
+      >>> min_input_size(model_spec("conv(8, 3, padding=same) maxpool(2) conv(8, 5x3) flatten"))
+      (10, 6)
+    """
+    layers = model.layers if isinstance(model, Sequential) else model
+    need = [1, 1]
+    for spec in reversed([LayerSpec.of(layer) for layer in layers]):
+        if spec.kind not in ("Conv2D", "MaxPooling2D", "AvgPooling2D"):
+            continue
+        fields = {f.name: f.default for f in dataclasses.fields(LAYER_TYPES[spec.kind])}
+        kw = {**fields, **spec.kwargs()}
+        window = kw["kernel_size" if spec.kind == "Conv2D" else "pool_size"]
+        strides = window if kw["strides"] is None else kw["strides"]
+        valid = str(kw["padding"]).lower() == "valid"
+        for axis in (0, 1):
+            w = int(window[axis] if isinstance(window, (tuple, list)) else window)
+            s = int(strides[axis] if isinstance(strides, (tuple, list)) else strides)
+            need[axis] = (need[axis] - 1) * s + (w if valid else 1)
+    return need[0], need[1]
+
+
+# Datasets of larger images that a model too large for its input is offered:
+# (name, image side, what it is). tests/test_names_and_shapes.py checks the sides.
+_LARGER_DATASETS = (
+    ("digits28", 28, "the embedded 8x8 digits upsampled to 28x28, offline"),
+    ("mnist", 28, None),
+    ("cifar10", 32, None),
+)
+
+
+def _zoo_name(specs: Sequence[LayerSpec]) -> str | None:
+    """The zoo name of a model's layers (its output's class count aside), or None."""
+    def body(layers):
+        layers = tuple(layers)
+        return layers[:-1] if layers and layers[-1].kind == "SoftmaxOutput" else layers
+    for name, (text, _) in ZOO.items():
+        if body(parse_spec(text)) == body(specs):
+            return name
+    return None
+
+
+def _input_too_small(model: Sequential, shape: tuple[int, ...], detail: str,
+                     input_name: str | None = None) -> str | None:
+    """The message for input images smaller than ``model`` needs; None if they are not."""
+    try:
+        need = min_input_size(model)
+    except (TypeError, ValueError, KeyError, IndexError):  # a layer with bad sizes says so itself
+        return None
+    if shape[0] >= need[0] and shape[1] >= need[1]:
+        return None
+    fits = [d for d in _LARGER_DATASETS if d[1] >= max(need)]
+    if fits:
+        names = [f"{n} ({what})" if what else n for n, _, what in fits]
+        datasets = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        use = (f"Use larger images: --dataset {datasets}; or --input-shape "
+               f"{fits[0][1]}x{fits[0][1]}x{shape[2]} (summary, bench)")
+    else:
+        use = (f"Use a dataset of images of at least {need[0]}x{need[1]}, or --input-shape "
+               f"{need[0]}x{need[1]}x{shape[2]} (summary, bench)")
+    return (f"{_zoo_name(model.layers) or 'the model'} needs images of at least "
+            f"{need[0]}x{need[1]}; {_short(str(input_name)) if input_name else 'the input'} is "
+            f"{shape[0]}x{shape[1]}x{shape[2]}. {use}. "
+            f"Where it fails: {detail}")
 
 
 def _check_window(layer: nn.Module, in_shape) -> None:
@@ -985,6 +1082,6 @@ def _flops(layer: nn.Module, in_shape, out_shape) -> int:
 
 __all__ = [
     "DEFAULT_MODEL", "LAYER_TYPES", "LayerRow", "LayerSpec", "ModelSummary", "Sequential", "ZOO",
-    "MAX_SIZE", "build_model", "layer_names", "memory_budget", "model_spec", "parse_spec",
-    "summary", "to_spec",
+    "MAX_SIZE", "build_model", "layer_names", "memory_budget", "min_input_size", "model_spec",
+    "parse_spec", "summary", "to_spec",
 ]

@@ -272,7 +272,8 @@ def _refused(proc, *patterns: str) -> str:
 
 
 def test_summary_of_a_huge_dense_layer_is_refused_under_a_memory_limit(tmp_path):
-    proc = _jaxcnn_limited(tmp_path, "summary", "--spec", "flatten dense(1000000000)")
+    proc = _jaxcnn_limited(tmp_path, "summary", "--spec", "flatten dense(1000000000)",
+                           "--input-shape", "28x28x1", "--classes", "10")
     _refused(proc, r"2\.9 TiB", r"dense_1 \(Dense\): 784,000,000,000 parameters")
 
 

@@ -1,4 +1,5 @@
-"""The embedded default dataset: scikit-learn's 8x8 handwritten digits (works offline)."""
+"""The embedded datasets (work offline): scikit-learn's 8x8 handwritten digits, and the
+same digits upsampled to 28x28 (``digits28``)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,51 @@ def load_digits(validation_fraction: float = 0.0, seed: int = 0) -> Dataset:
     )
     return from_arrays(x_train, y_train, x_test, y_test, num_classes=10,
                        validation_fraction=validation_fraction, seed=seed, name="digits")
+
+
+DIGITS28_SIDE = 28
+
+
+def upsample_bilinear(images: np.ndarray, side: int = DIGITS28_SIDE) -> np.ndarray:
+    """Resizes float images in [0, 1] (N, H, W, 1) to ``side`` x ``side``, bilinear (Pillow).
+
+    Each image is resized as a float32 ("F" mode) Pillow image with
+    ``Image.BILINEAR``, then clipped to [0, 1].
+
+    Example:
+      >>> upsample_bilinear(np.ones((2, 8, 8, 1), np.float32)).shape
+      (2, 28, 28, 1)
+    """
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im[..., 0]).resize((side, side), Image.BILINEAR))
+                     for im in images])[..., None].clip(0.0, 1.0).astype(np.float32)
+
+
+def load_digits28(validation_fraction: float = 0.0, seed: int = 0) -> Dataset:
+    """The embedded digits upsampled from 8x8 to 28x28 (bilinear): a stand-in, NOT MNIST.
+
+    :func:`load_digits` with every image resized to 28x28 by
+    :func:`upsample_bilinear`: the same 1,437 train and 360 test images and
+    labels, float32 in [0, 1], shape 28x28x1. It is the input size of the
+    models written for MNIST (``keras_convnet`` needs at least 10x10), so they
+    run offline; the images hold no more detail than the 8x8 originals, and
+    there are 1,437 of them instead of MNIST's 60,000, so accuracies are not
+    comparable with MNIST's.
+
+    Args:
+      validation_fraction: stratified fraction of train held out for validation.
+      seed: seed of that validation split (the test split is always the same).
+
+    Returns:
+      A :class:`Dataset` named ``digits28``.
+
+    Example:
+      >>> ds = load_digits28()
+      >>> ds.image_shape, ds.train.images.dtype, len(ds.train), len(ds.test)
+      ((28, 28, 1), dtype('float32'), 1437, 360)
+    """
+    ds = load_digits()
+    return from_arrays(upsample_bilinear(ds.train.images), ds.train.labels,
+                       upsample_bilinear(ds.test.images), ds.test.labels, num_classes=10,
+                       validation_fraction=validation_fraction, seed=seed, name="digits28")

@@ -15,11 +15,11 @@ import re
 from typing import Callable
 
 from jaxcnn.data._core import Dataset, UnknownDatasetError
-from jaxcnn.data._embedded import load_digits
+from jaxcnn.data._embedded import load_digits, load_digits28
 from jaxcnn.data._files import load_idx, load_npz
 from jaxcnn.data._synthetic import load_synthetic
 from jaxcnn.data._tfds import load_tfds
-from jaxcnn.errors import DataError
+from jaxcnn.errors import DataError, did_you_mean
 
 DEFAULT_DATASET = "digits"
 
@@ -88,6 +88,11 @@ def _digits(name, *, validation_fraction, seed, data_dir, splits):
     return load_digits(validation_fraction, seed)
 
 
+def _digits28(name, *, validation_fraction, seed, data_dir, splits):
+    _check_default_splits(name, splits)
+    return load_digits28(validation_fraction, seed)
+
+
 def _synthetic(name, *, validation_fraction, seed, data_dir, splits):
     _check_default_splits(name, splits)
     return load_synthetic(name, validation_fraction, seed)
@@ -109,6 +114,7 @@ def _tfds_prefixed(name, **kwargs):
 
 SOURCES: tuple[_Source, ...] = (
     _Source(_digits, names=("digits",)),
+    _Source(_digits28, names=("digits28",)),
     _Source(_tfds, names=TFDS_NAMES),
     _Source(_synthetic, prefix="synthetic"),
     _Source(_tfds_prefixed, prefix="tfds"),
@@ -132,7 +138,7 @@ def load_dataset(
     """Loads a dataset by name (see :mod:`jaxcnn.data` for the names).
 
     Args:
-      name: ``digits``, ``synthetic:HxWxC:K``, a tfds name, ``idx:DIR``,
+      name: ``digits``, ``digits28``, ``synthetic:HxWxC:K``, a tfds name, ``idx:DIR``,
         ``npz:FILE``, or another registered name.
       validation_fraction: stratified fraction of train held out for validation
         (when the dataset has no validation split of its own).
@@ -146,7 +152,7 @@ def load_dataset(
 
     Raises:
       DataError: unknown name (:class:`UnknownDatasetError`; the known ones are
-        listed), or data that cannot be loaded.
+        listed, and the closest one suggested), or data that cannot be loaded.
 
     Example:
       >>> load_dataset("digits", validation_fraction=0.1).metadata()["splits"]
@@ -166,4 +172,21 @@ def load_dataset(
              + sorted(f"{s.prefix}:..." for s in SOURCES if s.prefix))
     raise UnknownDatasetError(
         f"unknown dataset {name!r}; known datasets: {', '.join(known)}, or any "
-        "tensorflow-datasets image-classification name")
+        "tensorflow-datasets image-classification name." + _suggest(name))
+
+
+def _suggest(name: str) -> str:
+    """The hint for a misspelt dataset name: the closest known name, or known prefix.
+
+    tfds names are open-ended, so only the registered names (and the tfds names
+    known to work) are suggested; ``PREFIX:SPEC`` names are matched by their prefix.
+
+    Example:
+      >>> _suggest("minst"), _suggest("synthetc:8x8x1:2"), _suggest("zzz")
+      (" Did you mean 'mnist'?", " Did you mean 'synthetic:8x8x1:2'?", '')
+    """
+    head, sep, tail = name.partition(":")
+    if sep:
+        prefixes = {s.prefix: f"{s.prefix}:{tail}" for s in SOURCES if s.prefix}
+        return did_you_mean(head, prefixes)
+    return did_you_mean(name, [n for s in SOURCES for n in s.names])
