@@ -34,59 +34,174 @@ def _print_json(obj) -> None:
 
 
 # ---------------------------------------------------------------------------
+# help: every option shows its real default
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to an option's help, except where the help already
+    says its default, the default is None or empty (the help then says what
+    happens without the option), or the option is a switch (``--json``)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        late = getattr(action, "late_default", None)  # computed only when the help is shown
+        if late is not None:
+            return f"{text} (default: {late()})".replace("%", "%%")
+        if ("(default" in text or action.default is None or action.default == []
+                or action.nargs == 0):
+            return text
+        return super()._get_help_string(action)
+
+
+def _config_default(key: str, shown: dict | None = None) -> str:
+    """``(default: VALUE, KEY)`` for a help line: config key ``KEY``'s default in
+    :class:`~jaxcnn.config.Config` (read when the parser is built, never written
+    down twice). ``shown`` spells a value the way its flag takes it.
+
+    Example:
+      >>> from jaxcnn.config import Config
+      >>> _config_default("train.epochs") == f"(default: {Config().train.epochs}, train.epochs)"
+      True
+      >>> _config_default("train.num_devices", {None: "all local devices"})
+      '(default: all local devices, train.num_devices)'
+    """
+    from jaxcnn.config import Config
+
+    section, field = key.split(".")
+    value = getattr(getattr(Config(), section), field)
+    if shown and value in shown:
+        value = shown[value]
+    # Help text goes through %-formatting.
+    return f"(default: {value}, {key})".replace("%", "%%")
+
+
+def _version() -> str:
+    """``jaxcnn X.Y.Z`` and the versions it runs on, for ``jaxcnn --version``.
+
+    The installed distribution's version (``importlib.metadata``); from a source
+    checkout that is not installed, the version in its ``pyproject.toml``.
+    """
+    import importlib.metadata
+    import os
+    import platform
+    import re
+
+    import jax
+
+    try:
+        version = importlib.metadata.version("jaxcnn")
+        where = ""
+    except importlib.metadata.PackageNotFoundError:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        version = None
+        try:
+            with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as f:
+                m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
+            version = m.group(1) if m else None
+        except OSError:
+            pass
+        if version is None:
+            from jaxcnn import __version__ as version
+        where = f" (not installed; source at {root})"
+    try:
+        jaxlib = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        jaxlib = "unknown"
+    return (f"jaxcnn {version}{where}\njax {jax.__version__}, jaxlib {jaxlib}, "
+            f"Python {platform.python_version()}")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints :func:`_version` and exits 0 (JAX is not started)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
+# ---------------------------------------------------------------------------
 # train
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:
+    """``--model`` or ``--spec``; ``default`` is the help's ``(default: ...)``."""
+    from jaxcnn.models import ZOO
+
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", metavar="NAME",
-                   help="zoo model: seed_cnn (default), keras_convnet, flax_cnn")
+                   help=f"zoo model: {', '.join(ZOO)} {default}")
     g.add_argument("--spec", metavar="TEXT",
                    help="model spec text, e.g. 'conv(32,3) maxpool(2) flatten softmax' "
                         "(grammar: docs/models.md)")
 
 
 def _add_train_parser(sub) -> None:
+    from jaxcnn.config import OPTIMIZERS, SCHEDULES, Config
+
+    d = _config_default
     p = sub.add_parser(
         "train", help="train a model and evaluate it on the test split",
-        description="Train a CNN. With no arguments: the default model (seed_cnn) on the "
-                    "embedded 8x8 digits dataset. Writes a run directory with the config, "
-                    "history (JSONL, CSV), learning curves (PNG) and summary.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_model_args(p)
-    p.add_argument("--dataset", help="dataset name: digits (default, offline), "
-                   "synthetic:HxWxC:K, a tensorflow-datasets name (mnist, cifar10, ...; "
-                   "prepared with 'jaxcnn data prepare'), idx:DIR (MNIST-format files) or "
-                   "npz:FILE")
+        description=f"Train a CNN. With no arguments: the default model "
+                    f"({Config().model.name}) on the default dataset ({Config().data.dataset}). "
+                    "Writes a run directory with the config, history (JSONL, CSV), learning "
+                    "curves (PNG) and summary.json. Settings come from, lowest first: the "
+                    "built-in defaults (shown below with their config keys), --config FILE, "
+                    "then --set and the flags. A flag and a --set of the same key must agree.",
+        formatter_class=_HelpFormatter)
+    _add_model_args(p, d("model.name"))
+    p.add_argument("--dataset", metavar="NAME",
+                   help="dataset name: digits (offline), synthetic:HxWxC:K, a "
+                   "tensorflow-datasets name (mnist, cifar10, ...; prepared with 'jaxcnn data "
+                   "prepare'), idx:DIR (MNIST-format files) or npz:FILE " + d("data.dataset"))
     p.add_argument("--data-dir", metavar="DIR",
-                   help="directory of prepared tfds datasets (default $TFDS_DATA_DIR, "
-                        "else ~/tensorflow_datasets)")
+                   help="directory of prepared tfds datasets (default: $TFDS_DATA_DIR, "
+                        "else ~/tensorflow_datasets; data.data_dir)")
     p.add_argument("--augment", choices=("auto", "on", "off"),
                    help="random crop + flip on the device (auto: on for CIFAR-like colour "
-                        "images, off for digits)")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--batch-size", type=int, help="training batch size")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", help="adam (default), adamw, sgd, rmsprop, adagrad")
-    p.add_argument("--schedule", help="learning-rate schedule: constant, warmup_cosine, step")
-    p.add_argument("--seed", type=int, help="root random seed")
+                        "images, off for digits) "
+                        + d("data.augment", {None: "auto", True: "on", False: "off"}))
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="training epochs " + d("train.epochs"))
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="training batch size " + d("data.batch_size"))
+    p.add_argument("--lr", type=float, help="peak learning rate " + d("optimizer.learning_rate"))
+    p.add_argument("--optimizer", metavar="NAME",
+                   help=f"{', '.join(OPTIMIZERS)} " + d("optimizer.name"))
+    p.add_argument("--schedule", metavar="NAME",
+                   help=f"learning-rate schedule: {', '.join(SCHEDULES)} "
+                        + d("optimizer.schedule"))
+    p.add_argument("--seed", type=int, help="root random seed " + d("train.seed"))
     p.add_argument("--validation", type=float, metavar="FRACTION",
-                   help="fraction of train held out for per-epoch validation")
+                   help="fraction of train held out for per-epoch validation "
+                        + d("data.validation_fraction"))
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without val_loss improvement")
-    p.add_argument("--num-devices", type=int, help="devices to shard each batch over")
-    p.add_argument("--dtype", help="computation dtype: float32 or bfloat16")
-    p.add_argument("--impl", help="conv/pool implementation: auto, xla, fast")
+                   help="stop after PATIENCE epochs without val_loss improvement (0: off) "
+                        + d("train.early_stopping_patience"))
+    p.add_argument("--num-devices", type=int, metavar="N",
+                   help="devices to shard each batch over "
+                        + d("train.num_devices", {None: "all local devices"}))
+    p.add_argument("--dtype", help="computation dtype: float32 or bfloat16 " + d("model.dtype"))
+    p.add_argument("--impl", help="conv/pool implementation: auto, xla, fast "
+                   + d("model.impl"))
     p.add_argument("--micro-batches", metavar="K",
                    help="run each step as K micro-batches, one update (auto: 32-64 images "
-                        "each on the CPU fast path; 1: off)")
+                        "each on the CPU fast path; 1: off) " + d("train.micro_batches"))
     p.add_argument("--reuse-host-memory", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step (glibc; auto: for a CPU "
-                        "step with 32-64 MiB of temporaries; train.reuse_host_memory)")
-    p.add_argument("--config", metavar="FILE", help="a config JSON file (flags override it)")
+                        "step with 32-64 MiB of temporaries) "
+                        + d("train.reuse_host_memory", {"auto": "auto", True: "on",
+                                                        False: "off"}))
+    p.add_argument("--config", metavar="FILE",
+                   help="a config JSON file; --set and the flags override its values "
+                        "(default: none, the built-in defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable)")
-    p.add_argument("--workdir", help="run directory (default runs/<dataset>-<model>-<time>); "
+                   help="override any config field, e.g. --set optimizer.b2=0.99 (repeatable; "
+                        "overrides --config; a flag for the same key must give the same value)")
+    p.add_argument("--workdir", help="run directory (default: runs/<dataset>-<model>-<time>); "
                    "one holding checkpoints resumes from the latest")
     p.add_argument("--force-new", action="store_true",
                    help="if --workdir holds checkpoints, start over in a new directory "
@@ -123,8 +238,18 @@ def _read_config(path: str):
 
 
 def config_from_args(args: argparse.Namespace):
-    """Builds the run :class:`~jaxcnn.config.Config` from parsed ``train`` arguments."""
+    """Builds the run :class:`~jaxcnn.config.Config` from parsed ``train`` arguments.
+
+    Precedence, lowest first: the built-in defaults, ``--config FILE``, then
+    ``--set`` and the flags. A flag and a ``--set`` of the same key (or two
+    ``--set`` of one key) with different values raise
+    :class:`~jaxcnn.errors.ConfigError` naming both, rather than one winning
+    silently.
+    """
+    import shlex
+
     from jaxcnn.config import Config, override, parse_overrides
+    from jaxcnn.errors import ConfigError
 
     config = _read_config(args.config) if args.config else Config()
     flags = {
@@ -147,12 +272,48 @@ def config_from_args(args: argparse.Namespace):
         "train.reuse_host_memory": _HOST_MEMORY.get(getattr(args, "reuse_host_memory", None)),
     }
     updates = {k: v for k, v in flags.items() if v is not None}
-    updates.update(parse_overrides(args.set))
+    sets: dict = {}
+    for item in args.set:
+        (key, value), = parse_overrides([item]).items()
+        if key in sets and not _same_value(config, key, sets[key], value):
+            raise ConfigError(f"{key} is set twice with different values: --set "
+                              f"{shlex.quote(f'{key}={sets[key]}')} and --set "
+                              f"{shlex.quote(f'{key}={value}')}; give it once")
+        sets[key] = value
+    for key in sorted(updates.keys() & sets.keys()):
+        if not _same_value(config, key, updates[key], sets[key]):
+            dest = ("model" if args.model else "spec") if key == "model.name" else _FLAG_DEST[key]
+            flag = f"--{dest.replace('_', '-')} {shlex.quote(str(getattr(args, dest)))}"
+            raise ConfigError(f"{key} is given twice with different values: {flag} and --set "
+                              f"{shlex.quote(f'{key}={sets[key]}')}; give one of them (drop the "
+                              "flag or the --set)")
+    updates.update(sets)
     return override(config, updates)
 
 
+# The train flag that sets each config key (its attribute in the parsed arguments).
+_FLAG_DEST = {
+    "data.dataset": "dataset", "data.data_dir": "data_dir", "data.augment": "augment",
+    "train.epochs": "epochs", "data.batch_size": "batch_size", "optimizer.learning_rate": "lr",
+    "optimizer.name": "optimizer", "optimizer.schedule": "schedule", "train.seed": "seed",
+    "data.validation_fraction": "validation", "train.early_stopping_patience": "early_stopping",
+    "train.num_devices": "num_devices", "model.dtype": "dtype", "model.impl": "impl",
+    "train.micro_batches": "micro_batches", "train.reuse_host_memory": "reuse_host_memory",
+}
+
+
+def _same_value(config, key: str, a, b) -> bool:
+    """Whether two values for config ``key`` mean the same (``3`` and ``"3"``, ``1e-3`` and
+    ``"0.001"``), compared after the config's own conversion."""
+    from jaxcnn.config import override
+
+    section, field = key.split(".")
+    return (getattr(getattr(override(config, {key: a}), section), field)
+            == getattr(getattr(override(config, {key: b}), section), field))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from jaxcnn.run import train_and_evaluate
+    from jaxcnn.run import result_lines, train_and_evaluate
 
     from jaxcnn.checkpoint import Preempted
 
@@ -163,9 +324,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Preempted as e:
         print(f"jaxcnn: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
+    # The final state's and the best checkpoint's test metrics, each labelled; with --json
+    # the same lines go to stderr and stdout holds only the JSON (same fields, "final"/"best").
+    lines = result_lines(out)
     if args.json:
+        print("\n".join(lines), file=sys.stderr)
         _print_json(out)
     else:
+        print("\n".join(lines))
         print(f"test_accuracy={out['test_accuracy']:.4f} workdir={out['workdir']}")
     return EXIT_OK
 
@@ -184,21 +350,105 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _dataset_input(name: str) -> tuple[tuple[int, ...], int]:
+    """The image shape and class count of dataset ``name``, loading as little as it can.
+
+    A ``synthetic:HxWxC:K`` dataset is made with one example; any other is
+    loaded (the embedded ones are small; a tfds or file dataset is read).
+    """
+    from jaxcnn import data
+
+    parts = name.split(":")
+    if parts[0] == "synthetic" and len(parts) in (3, 4):
+        try:
+            ds = data.load_dataset(":".join(parts[:3]) + ":1")
+            return tuple(ds.image_shape), int(ds.num_classes)
+        except JaxcnnError:
+            pass  # the error below names the dataset as given
+    ds = data.load_dataset(name)
+    return tuple(ds.image_shape), int(ds.num_classes)
+
+
+def _show_shape(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+def _input_of(args: argparse.Namespace, *, dataset: str | None = None,
+              shape: tuple[int, ...] | None = None, classes: int | None = None):
+    """``(input shape, classes, where the shape came from)`` of ``summary`` or ``bench``.
+
+    ``--dataset`` gives both (and excludes ``--input-shape``/``--classes``); each
+    of those not given comes from ``dataset`` (the default dataset) if there is
+    one, else from ``shape``/``classes``. The third item names the dataset the
+    shape came from, or None when it was given or a fixed default.
+    """
+    if args.dataset and (args.input_shape is not None or args.classes is not None):
+        raise JaxcnnError("--dataset sets the input shape and classes; give either --dataset "
+                          "or --input-shape/--classes, not both")
+    given_shape = _parse_shape(args.input_shape) if args.input_shape is not None else None
+    given_classes = args.classes
+    name = args.dataset or dataset
+    if name and (given_shape is None or given_classes is None):
+        ds_shape, ds_classes = _dataset_input(name)
+        where = f"--dataset {name}" if args.dataset else f"the default dataset {name}"
+        return (given_shape or ds_shape, ds_classes if given_classes is None else given_classes,
+                None if given_shape else where)
+    return (given_shape or shape, classes if given_classes is None else given_classes,
+            "the default --input-shape" if given_shape is None else None)
+
+
+def _late_dataset_default(name: str, what: str):
+    """A help default read from dataset ``name`` only when the help is shown."""
+    cache: dict = {}
+
+    def text() -> str:
+        if "v" not in cache:
+            try:
+                cache["v"] = _dataset_input(name)
+            except JaxcnnError:
+                cache["v"] = None
+        if cache["v"] is None:
+            return f"that of --dataset, else of the default dataset {name}"
+        value = _show_shape(cache["v"][0]) if what == "shape" else cache["v"][1]
+        return f"that of --dataset, else {value}, from the default dataset {name}"
+    return text
+
+
 def _add_summary_parser(sub) -> None:
+    from jaxcnn.config import Config
+
+    default = Config()
     p = sub.add_parser("summary", help="print a model's layers, shapes, parameters and FLOPs",
-                       description="Print a Keras-like summary table of a model.")
-    _add_model_args(p)
-    p.add_argument("--input-shape", default="28x28x1", help="HxWxC of one image")
-    p.add_argument("--classes", type=int, default=10, help="number of classes")
+                       description="Print a Keras-like summary table of a model. With no "
+                                   "arguments: the default model of jaxcnn train on the image "
+                                   "shape and classes of the default dataset.",
+                       formatter_class=_HelpFormatter)
+    _add_model_args(p, f"(default: {default.model.name}, model.name)")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="take the input shape and classes from this dataset (e.g. digits, "
+                        f"synthetic:32x32x3:10; default: {default.data.dataset}, data.dataset)")
+    shape = p.add_argument("--input-shape", metavar="HxWxC", help="HxWxC of one image")
+    shape.late_default = _late_dataset_default(default.data.dataset, "shape")
+    classes = p.add_argument("--classes", type=int, metavar="N", help="number of classes")
+    classes.late_default = _late_dataset_default(default.data.dataset, "classes")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_summary)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from jaxcnn.models import DEFAULT_MODEL, build_model, summary
+    from jaxcnn.config import Config
+    from jaxcnn.errors import ShapeError
+    from jaxcnn.models import build_model, summary
 
-    model = build_model(args.model or args.spec or DEFAULT_MODEL, args.classes)
-    s = summary(model, _parse_shape(args.input_shape))
+    default = Config()
+    shape, classes, where = _input_of(args, dataset=default.data.dataset)
+    model = build_model(args.model or args.spec or default.model.name, classes)
+    try:
+        s = summary(model, shape)
+    except ShapeError as e:
+        if where is None:
+            raise
+        raise ShapeError(f"input {_show_shape(shape)} from {where}: {e}") from None
     if args.json:
         _print_json(s.to_dict())
     else:
@@ -244,35 +494,65 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                            seed=c.train.seed, data_dir=c.data.data_dir)
     m = evaluate(r.state, dataset.test, r.preprocess, c.data.eval_batch_size)
     out = {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "test_examples": m["count"],
-           "step": r.step, "epoch": r.meta.get("epoch"), "checkpoint": r.path,
-           "model": c.model.name, "dataset": dataset.name}
-    print(f"step {r.step}: test accuracy {m['accuracy']:.4f}  test loss {m['loss']:.4f}  "
-          f"({m['count']} examples; {r.path})", file=sys.stderr)
+           "step": r.step, "epoch": r.epoch, "checkpoint": r.path,
+           "which": r.which, "best_metric": r.best_metric, "metric_value": r.metric_value,
+           "why": r.why, "model": c.model.name, "dataset": dataset.name}
+    line = (f"test accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f} "
+            f"({_eval_label(r)})")
+    print(f"{m['count']} test examples; checkpoint {r.path}", file=sys.stderr)
     if args.json:
+        print(line, file=sys.stderr)
         _print_json(out)
     else:
+        print(line)
         print(f"test_accuracy={m['accuracy']:.4f} step={r.step}")
     return EXIT_OK
+
+
+def _eval_label(r) -> str:
+    """Which checkpoint ``eval`` used and why, as ``jaxcnn train`` labels its lines:
+    ``best val_accuracy checkpoint, step 1240, epoch 31; val_accuracy 0.9930``."""
+    where = f"step {r.step}" + (f", epoch {r.epoch}" if r.epoch is not None else "")
+    if r.which == "best" and r.metric_value is not None:
+        return (f"best {r.best_metric} checkpoint, {where}; {r.best_metric} "
+                f"{r.metric_value:.4f}")
+    if r.which == "best":  # no checkpoint records the metric: the latest, and why
+        return f"{r.why}; {where}"
+    if r.which == "latest":
+        return f"latest checkpoint (--latest), {where}"
+    return f"checkpoint chosen with --step, {where}"
 
 
 def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify image files with a trained run",
                        description="Classify PNG/JPEG images or .npy arrays with a run's "
                                    "checkpoint (the best by default), applying the stored "
-                                   "preprocessing; prints the top-k classes and probabilities.")
+                                   "preprocessing; prints the top-k classes and probabilities, "
+                                   "and on stderr what was done to each input to fit the model "
+                                   "(resize, rescale, channels) and warnings about inputs that "
+                                   "look unlike the training images (e.g. inverted).")
     p.add_argument("files", nargs="+", metavar="FILE", help="PNG/JPEG image or .npy array")
     _add_checkpoint_choice(p)
     p.add_argument("--top-k", type=int, default=3, help="classes to show per input")
+    p.add_argument("--invert", action="store_true",
+                   help="flip every input's intensities (x -> 1 - x on a [0, 1] scale) before "
+                        "predicting: for dark-on-light images when the training images are "
+                        "light on dark, or the reverse (predict warns when an input looks "
+                        "inverted)")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from jaxcnn._fs import printable
-    from jaxcnn.inference import predict_files
+    from jaxcnn.inference import predict_files, report_lines
 
     if args.top_k < 1:
         raise JaxcnnError(f"--top-k must be >= 1; got {args.top_k}")
-    out = predict_files(args.workdir, args.files, which=_which(args), k=args.top_k)
+    out = predict_files(args.workdir, args.files, which=_which(args), k=args.top_k,
+                        invert=args.invert)
+    # What was done to the inputs (resize, rescale, channels) and any warning, on stderr.
+    for line in report_lines(out):
+        print(line, file=sys.stderr)
     if args.json:
         _print_json(out)
     else:
@@ -358,6 +638,10 @@ _HOST_MEMORY = {"auto": "auto", "on": True, "off": False}
 
 
 def _add_bench_parser(sub) -> None:
+    from jaxcnn.bench import BenchConfig
+    from jaxcnn.config import Config
+
+    d, train = BenchConfig(), Config()
     p = sub.add_parser(
         "bench", help="benchmark compile time, throughput, FLOP/s, utilisation and memory",
         description="Benchmark a model on the default JAX device (CPU, GPU or TPU) at several "
@@ -365,44 +649,59 @@ def _add_bench_parser(sub) -> None:
                     "per step (XLA cost analysis), achieved FLOP/s, utilisation of the "
                     "device's peak and peak memory; optionally the same model in PyTorch and "
                     "Keras side by side. Prints a table; --out writes JSON lines. "
-                    "See docs/benchmarks.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_model_args(p)
-    p.add_argument("--input-shape", default="28x28x1", help="HxWxC of one image")
-    p.add_argument("--classes", type=int, default=10, help="number of classes")
-    p.add_argument("--dataset", help="take the input shape and classes from this dataset "
-                   "(e.g. digits, synthetic:32x32x3:10) instead")
-    p.add_argument("--batch-sizes", default="32,128,512", help="comma-separated batch sizes")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    "See docs/benchmarks.md. The model is checked against the input shape, "
+                    "and the --compare frameworks against --compare-python, before anything "
+                    "is measured.",
+        formatter_class=_HelpFormatter)
+    shape = _show_shape(d.input_shape)
+    _add_model_args(p, f"(default: {d.model}, sized for the default {shape} input; with "
+                       "--dataset, choose a model that fits its images, e.g. --model "
+                       f"{train.model.name} for {train.data.dataset}, as jaxcnn train does)")
+    p.add_argument("--input-shape", metavar="HxWxC",
+                   help=f"HxWxC of one image (default: {shape})")
+    p.add_argument("--classes", type=int, metavar="N",
+                   help=f"number of classes (default: {d.num_classes})")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="take the input shape and classes from this dataset (e.g. "
+                        f"{train.data.dataset}, mnist, synthetic:32x32x3:10) instead of "
+                        "--input-shape and --classes (default: none)")
+    p.add_argument("--batch-sizes", default=",".join(map(str, d.batch_sizes)),
+                   help="comma-separated batch sizes")
+    p.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"),
                    help="compute dtype (bfloat16: float32 parameters, bfloat16 compute)")
-    p.add_argument("--steps", type=int, default=10,
+    p.add_argument("--steps", type=int, default=d.steps,
                    help="steps per timed round (step mode) or per compiled call (scan mode)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median/min/max)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
-    p.add_argument("--mode", default="step", choices=("step", "scan"),
+    p.add_argument("--repeats", type=int, default=d.repeats,
+                   help="timed rounds (median/min/max)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls after the first")
+    p.add_argument("--mode", default=d.mode, choices=("step", "scan"),
                    help="one compiled call per step, or --steps steps per call (lax.scan)")
-    p.add_argument("--what", default="train", choices=("train", "infer", "eval"),
+    p.add_argument("--what", default=d.what, choices=("train", "infer", "eval"),
                    help="training step, inference (forward) or evaluation (forward + loss)")
-    p.add_argument("--impl", default="auto", choices=("auto", "xla", "fast"),
+    p.add_argument("--impl", default=d.impl, choices=("auto", "xla", "fast"),
                    help="conv/pool implementation (auto: the fast CPU path on CPU)")
-    p.add_argument("--micro-batches", default="auto", metavar="K",
+    p.add_argument("--micro-batches", default=str(d.micro_batches), metavar="K",
                    help="run each training step as K micro-batches, as `jaxcnn train` does "
                         "(auto: 32-64 images each on the CPU fast path; 1: off)")
     p.add_argument("--reuse-host-memory", default="auto", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step, as `jaxcnn train` does "
                         "(glibc; auto: for a CPU step with 32-64 MiB of temporaries; "
                         "jaxcnn.host_memory.reuse_host_memory)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all frameworks)")
-    p.add_argument("--seed", type=int, default=0, help="seed of parameters and batch")
+    p.add_argument("--lr", type=float, default=d.learning_rate,
+                   help="Adam learning rate (all frameworks)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of parameters and batch")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole sweep, frameworks interleaved (for noisy machines)")
     p.add_argument("--first-round", type=int, default=0,
                    help="number the rounds from here (when several commands make up the rounds)")
     p.add_argument("--compare", metavar="LIST",
                    help="other frameworks to run beside jaxcnn: torch, keras (= keras-tensorflow"
-                        ",keras-jax), keras-tensorflow, keras-jax")
+                        ",keras-jax), keras-tensorflow, keras-jax (default: none). They are "
+                        "not jaxcnn dependencies: pip install 'jaxcnn[compare]', or "
+                        "pip install -e '.[compare]' in a clone")
     p.add_argument("--compare-python", metavar="PYTHON",
-                   help="interpreter with the other frameworks installed (default: this one)")
+                   help="interpreter with the other frameworks installed (default: this one, "
+                        f"{sys.executable})".replace("%", "%%"))
     p.add_argument("--peak-flops", type=float, metavar="FLOP/S",
                    help="the device's peak FLOP/s for utilisation (default: the published "
                         "table for GPUs/TPUs, a matmul measured on the spot for CPUs)")
@@ -445,15 +744,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"png": png, "results": bench.aggregate(rows)})
         return EXIT_OK
-    if args.dataset:
-        from jaxcnn.data import load_dataset
+    from jaxcnn.compare import check_installed, parse_frameworks
+    from jaxcnn.errors import ShapeError
 
-        ds = load_dataset(args.dataset)
-        input_shape, classes = ds.image_shape, ds.num_classes
-    else:
-        input_shape, classes = _parse_shape(args.input_shape), args.classes
+    default = bench.BenchConfig()
+    input_shape, classes, where = _input_of(args, shape=default.input_shape,
+                                            classes=default.num_classes)
     config = bench.BenchConfig(
-        model=args.model or args.spec or "keras_convnet", input_shape=input_shape,
+        model=args.model or args.spec or default.model, input_shape=input_shape,
         num_classes=classes, batch_sizes=_parse_batch_sizes(args.batch_sizes),
         dtype=args.dtype, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
         mode=args.mode, what=args.what, impl=args.impl,
@@ -462,9 +760,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         else args.micro_batches, learning_rate=args.lr, seed=args.seed,
         compilation_cache=args.keep_compilation_cache,
         reuse_host_memory=_HOST_MEMORY[args.reuse_host_memory])
-    from jaxcnn.compare import parse_frameworks
-
-    parse_frameworks(args.compare)  # a bad name fails now, not after the first measurements
+    # Everything that can fail is checked before the peak is measured and anything is
+    # compiled or timed: the model against the input shape, the frameworks against the
+    # interpreter that will run them.
+    try:
+        bench.check_model(config)
+    except ShapeError as e:
+        given = where or "--input-shape"
+        raise ShapeError(f"cannot benchmark {config.model} on {_show_shape(config.input_shape)} "
+                         f"images ({given}): {e}") from None
+    check_installed(parse_frameworks(args.compare), python=args.compare_python)
     if args.peak_flops is not None:
         if args.peak_flops <= 0:
             raise JaxcnnError(f"--peak-flops must be > 0 (FLOP/s, e.g. 1.9e11); got "
@@ -531,6 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'jaxcnn COMMAND --help' for a command's options. "
                "Start with 'jaxcnn train'.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of jaxcnn, JAX and Python, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
@@ -541,7 +848,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcnn`` command; returns the exit code.
 
     Example:
-      >>> main(["summary", "--model", "keras_convnet", "--json"])  # doctest: +ELLIPSIS
+      >>> main(["summary", "--model", "keras_convnet", "--input-shape", "28x28x1",
+      ...       "--classes", "10", "--json"])  # doctest: +ELLIPSIS
       {"input_shape": [28, 28, 1], "params": 34826, ...}
       0
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxcnn import host_memory
+from jaxcnn.config import TrainConfig
 from jaxcnn.errors import JaxcnnError
 
 
@@ -54,6 +55,8 @@ class BenchConfig:
         as ``jaxcnn train`` resolves (:func:`jaxcnn.training.resolve_policy`;
         1: one pass in one call).
       learning_rate: Adam's learning rate (every framework uses it).
+      label_smoothing: the training loss's label smoothing (default: that of
+        ``jaxcnn train``, so the benchmark times its step).
       seed: seed of the parameters and the random batch.
       compilation_cache: keep JAX's persistent compilation cache on while
         compiling (the compile time may then be a cache read).
@@ -80,6 +83,7 @@ class BenchConfig:
     impl: str = "auto"
     micro_batches: int | str = "auto"
     learning_rate: float = 1e-3
+    label_smoothing: float = TrainConfig.label_smoothing
     seed: int = 0
     compilation_cache: bool = False
     reuse_host_memory: bool | str = False

@@ -131,7 +131,8 @@ def train_program(config: BenchConfig, batch_size: int, preprocess: Preprocess) 
       (True, 2)
     """
     return TrainProgram(bench_policy(config, batch_size), batch_size, preprocess,
-                        _BENCH_BATCHES, resolve_augment(None, config.input_shape))
+                        _BENCH_BATCHES, resolve_augment(None, config.input_shape),
+                        label_smoothing=float(config.label_smoothing))
 
 
 @dataclasses.dataclass
@@ -234,7 +235,8 @@ def _scan_target(state, model, config: BenchConfig, batch_size: int, key) -> _Ta
     k = policy.micro_batches if config.what == "train" else 1
     if config.what == "train":
         def one(state, batch):
-            return train_step(state, batch, key, micro_batches=k)
+            return train_step(state, batch, key, micro_batches=k,
+                              label_smoothing=float(config.label_smoothing))
     elif config.what == "eval":
         def one(state, batch):
             return state, eval_step(state, batch)
@@ -296,6 +298,35 @@ def describe_paths(model, input_shape, *, train: bool = True) -> str:
     for op, path in paths(apply, variables, x):
         by_op.setdefault(op, []).append(path)
     return "; ".join(f"{op} {','.join(p)}" for op, p in by_op.items())
+
+
+def check_model(config: BenchConfig):
+    """Builds the benchmark's model and checks that it fits the input shape.
+
+    Cheap (shapes by ``jax.eval_shape``, nothing compiled or allocated), so
+    :func:`run` and ``jaxcnn bench`` call it before measuring the device peak or
+    compiling anything: a model that does not fit fails in a second, not after
+    the first measurements.
+
+    Args:
+      config: the :class:`BenchConfig`.
+
+    Returns:
+      The model's :class:`~jaxcnn.models.ModelSummary` on ``config.input_shape``.
+
+    Raises:
+      ShapeError: a layer does not fit its input (the message names it).
+      SpecError: the model does not build, or cannot fit in memory.
+
+    Example:
+      >>> check_model(BenchConfig(model="conv(4, 3) flatten softmax", input_shape=(6, 6, 1),
+      ...                         num_classes=3)).params
+      235
+    """
+    model = build_model(config.model, config.num_classes,
+                        dtype=None if config.dtype == "float32" else config.dtype,
+                        impl=config.impl)
+    return summary(model, config.input_shape)
 
 
 def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
@@ -414,4 +445,5 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
     return row
 
 
-__all__ = ["bench_data", "bench_one", "bench_policy", "describe_paths", "train_program"]
+__all__ = ["bench_data", "bench_one", "bench_policy", "check_model", "describe_paths",
+           "train_program"]

@@ -6,9 +6,9 @@ from typing import Any, Callable, Sequence
 
 from jaxcnn.bench._config import BenchConfig, BenchError
 from jaxcnn.bench._frameworks import compare_request, framework_rows
-from jaxcnn.bench._measure import bench_one
+from jaxcnn.bench._measure import bench_one, check_model
 from jaxcnn.bench._peaks import Peak, device_peak
-from jaxcnn.compare import parse_frameworks, run_framework
+from jaxcnn.compare import check_installed, parse_frameworks, run_framework
 
 
 def run(config: BenchConfig, *, compare: str | Sequence[str] | None = None, rounds: int = 1,
@@ -37,8 +37,10 @@ def run(config: BenchConfig, *, compare: str | Sequence[str] | None = None, roun
       All rows, in the order measured.
 
     Raises:
-      ComparisonError: when a framework is missing, fails or builds a model
-        with a different parameter count.
+      ShapeError: the model does not fit ``config.input_shape`` (checked first).
+      ComparisonError: when a framework is missing from ``compare_python``
+        (checked before anything is measured), fails or builds a model with a
+        different parameter count.
 
     Example:
       >>> cfg = BenchConfig(model="flatten softmax", input_shape=(4, 4, 1), num_classes=2,
@@ -49,6 +51,9 @@ def run(config: BenchConfig, *, compare: str | Sequence[str] | None = None, roun
     frameworks = parse_frameworks(compare)
     if int(rounds) < 1:
         raise BenchError(f"rounds must be >= 1; got {rounds}")
+    # What can fail is checked before the peak is measured or anything is compiled.
+    check_model(config)
+    check_installed(frameworks, python=compare_python)
     peak = peak or device_peak(config.dtype)
     on_row = on_row or (lambda row: None)
     rows: list[dict[str, Any]] = []

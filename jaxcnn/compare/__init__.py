@@ -23,8 +23,9 @@ Example:
   ['torch', 'keras-tensorflow', 'keras-jax']
 """
 
-from jaxcnn.compare._frameworks import (FRAMEWORKS, ComparisonError, check_param_counts,
-                                        parse_frameworks, request_layers, run_framework)
+from jaxcnn.compare._frameworks import (FRAMEWORKS, INSTALL_HINT, ComparisonError,
+                                        check_installed, check_param_counts, parse_frameworks,
+                                        request_layers, run_framework)
 
-__all__ = ["FRAMEWORKS", "ComparisonError", "check_param_counts", "parse_frameworks",
-           "request_layers", "run_framework"]
+__all__ = ["FRAMEWORKS", "INSTALL_HINT", "ComparisonError", "check_installed",
+           "check_param_counts", "parse_frameworks", "request_layers", "run_framework"]

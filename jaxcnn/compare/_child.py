@@ -1,7 +1,7 @@
 """Helpers for the framework subprocesses (``torch_impl``, ``keras_impl``).
 
-The standard library and :mod:`jaxcnn.errors` only: a child imports its own
-framework, never JAX.
+The standard library, :mod:`jaxcnn.errors` and the install hint of
+``_frameworks`` only: a child imports its own framework, never JAX.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any, Callable
 
+from jaxcnn.compare._frameworks import INSTALL_HINT
 from jaxcnn.errors import JaxcnnError
 
 
@@ -33,9 +34,7 @@ def child_main(bench: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
         answer = bench(request)
         code = 0
     except ImportError as e:
-        answer, code = {"error": f"not installed here ({e}); install the 'compare' extra "
-                        "(pip install 'jaxcnn[compare]') in the interpreter given to "
-                        "--compare-python"}, 0
+        answer, code = {"error": f"not installed in {sys.executable} ({e}); {INSTALL_HINT}"}, 0
     except JaxcnnError as e:
         answer, code = {"error": str(e)}, 0
     finally:

@@ -40,6 +40,19 @@ FRAMEWORKS: dict[str, dict[str, Any]] = {
 }
 _GROUPS = {"keras": ["keras-tensorflow", "keras-jax"], "pytorch": ["torch"],
            "keras-tf": ["keras-tensorflow"]}
+# The modules each framework's child needs (what check_installed looks for).
+_REQUIRES = {"torch": ("torch",), "keras-tensorflow": ("keras", "tensorflow"),
+             "keras-jax": ("keras", "jax")}
+
+# How to install the other frameworks (the 'compare' extra of pyproject.toml).
+INSTALL_HINT = ("install the 'compare' extra in that interpreter: pip install 'jaxcnn[compare]', "
+                "or in a clone of jaxcnn: pip install -e '.[compare]' (docs/benchmarks.md "
+                "suggests a separate environment, given with --compare-python)")
+
+# Run by check_installed in the interpreter that will run the frameworks: prints the
+# modules of argv that are not importable there, without importing any of them.
+_FIND_MISSING = ("import importlib.util, json, sys; print(json.dumps("
+                 "[m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))")
 
 
 def parse_frameworks(text: str | Sequence[str] | None) -> list[str]:
@@ -75,6 +88,62 @@ def parse_frameworks(text: str | Sequence[str] | None) -> list[str]:
             if n not in out:
                 out.append(n)
     return out
+
+
+def check_installed(frameworks: Sequence[str], *, python: str | None = None,
+                    timeout: float = 120.0) -> None:
+    """Refuses frameworks that the interpreter which will run them cannot import.
+
+    Runs before any benchmark, so a missing framework costs a fraction of a
+    second rather than a whole jaxcnn sweep first. One quick subprocess of
+    ``python`` looks the modules up (``importlib.util.find_spec``) without
+    importing them.
+
+    Args:
+      frameworks: framework names, as :func:`parse_frameworks` takes them.
+      python: the interpreter that will run them (default: this one).
+      timeout: seconds before the lookup is given up.
+
+    Raises:
+      ComparisonError: naming the frameworks and modules that are missing, the
+        interpreter, and how to install them; or when ``python`` cannot run.
+
+    Example:
+      >>> check_installed([])
+      >>> check_installed(["torch"], python="/no/such/python")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxcnn.compare.ComparisonError: cannot start --compare-python /no/such/python: ...
+    """
+    frameworks = parse_frameworks(list(frameworks))  # groups ("keras") and unknown names
+    if not frameworks:
+        return
+    exe = python or sys.executable
+    which = f"--compare-python {exe}" if python else f"this interpreter ({exe})"
+    modules = sorted({m for name in frameworks for m in _REQUIRES[name]})
+    try:
+        proc = subprocess.run([exe, "-c", _FIND_MISSING, *modules], capture_output=True,
+                              text=True, timeout=timeout)
+    except OSError as e:
+        raise ComparisonError(f"cannot start --compare-python {exe}: {e.strerror or e}; give "
+                              "the path of a Python interpreter that has the frameworks "
+                              "installed") from None
+    except subprocess.TimeoutExpired:
+        raise ComparisonError(f"{which} did not answer within {timeout:.0f}s when asked which "
+                              "frameworks it has; check that it runs") from None
+    try:
+        missing = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        tail = "\n".join(proc.stderr.strip().splitlines()[-4:])
+        raise ComparisonError(f"{which} could not be asked which frameworks it has (exit "
+                              f"{proc.returncode}); give a Python 3 interpreter with "
+                              f"--compare-python. Its output:\n{tail}") from None
+    bad = [name for name in frameworks if missing & set(_REQUIRES[name])]
+    if bad:
+        mods = sorted(m for m in missing if any(m in _REQUIRES[name] for name in bad))
+        raise ComparisonError(
+            f"--compare {','.join(bad)}: {', '.join(mods)} {'is' if len(mods) == 1 else 'are'} "
+            f"not installed in {which}; {INSTALL_HINT}. Nothing was benchmarked")
 
 
 def check_param_counts(expected: int, counts: dict[str, int]) -> None:
