@@ -48,7 +48,9 @@ class EarlyStopping(Callback):
     """Stops when ``metric`` has not improved for ``patience`` epochs.
 
     Keeps a copy of the best epoch's state only when ``restore_best`` asks
-    for it (``fit`` then returns that state).
+    for it (``fit`` then returns that state). When it stops, :attr:`reason`
+    says when and why, as one sentence (``fit`` adds which parameters it
+    returns and logs it once).
 
     Args:
       metric: a history key: ``val_loss`` (lower is better) or ``val_accuracy``.
@@ -62,7 +64,9 @@ class EarlyStopping(Callback):
       ...     None, {"epoch": 2, "val_loss": 0.6})
       (False, True)
       >>> es.reason
-      'val_loss did not improve for 1 epoch (best 0.5000 at epoch 1)'
+      'early stopping at epoch 2: val_loss has not improved for 1 epoch (best 0.5 at epoch 1)'
+      >>> es.stopped_epoch, es.best_epoch
+      (2, 1)
     """
 
     def __init__(self, metric: str = "val_loss", patience: int = 1, restore_best: bool = True,
@@ -72,6 +76,7 @@ class EarlyStopping(Callback):
         self.best_state = None
         self.epochs_since = 0
         self.reason: str | None = None
+        self.stopped_epoch: int | None = None
         for record in history:
             self._update(record, None)
 
@@ -93,8 +98,10 @@ class EarlyStopping(Callback):
         improved = self._update(record, state)
         if not improved and self.epochs_since >= self.patience:
             s = "s" if self.patience != 1 else ""
-            self.reason = (f"{self.metric} did not improve for {self.patience} epoch{s} "
-                           f"(best {self.best_value:.4f} at epoch {self.best_epoch})")
+            self.stopped_epoch = record.get("epoch")
+            self.reason = (f"early stopping at epoch {self.stopped_epoch}: {self.metric} has not "
+                           f"improved for {self.patience} epoch{s} (best {self.best_value:.4g} "
+                           f"at epoch {self.best_epoch})")
             return True
         return False
 

@@ -47,9 +47,15 @@ class FitResult:
       history: one record per epoch (see :func:`fit`).
       stopped_early: whether early stopping or a callback ended training.
       pipeline: the input pipeline used: ``device`` or ``stream``.
-      stop_reason: why training ended before its last epoch (None: it did not).
+      stop_reason: why and when training ended before its last epoch, as one
+        sentence that also says which parameters ``state`` holds, e.g.
+        ``"early stopping at epoch 12: val_loss has not improved for 3 epochs
+        (best 0.041 at epoch 9); restored epoch 9's parameters"`` (None: it did
+        not stop early). ``fit`` logs it once.
       program: the compiled step's :class:`~jaxcnn.training.TrainProgram`
         (its policy says how the step ran).
+      restored_epoch: the epoch whose parameters early stopping restored into
+        ``state`` (None: ``state`` is the last step's).
     """
 
     state: TrainState
@@ -58,6 +64,7 @@ class FitResult:
     pipeline: str = "device"
     stop_reason: str | None = None
     program: TrainProgram | None = None
+    restored_epoch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +92,7 @@ def plan_fit(state: TrainState, dataset: Dataset, *, batch_size: int, preprocess
              mesh=None, pipeline: str = "auto", augment: Augment | None = None,
              memory_budget: int | None = None, micro_batches: int | str = "auto",
              reuse_host_memory: bool | str = False,
-             policy: ExecutionPolicy | None = None) -> FitPlan:
+             policy: ExecutionPolicy | None = None, label_smoothing: float = 0.0) -> FitPlan:
     """Resolves a fit's plan; bad settings fail here, before any data moves.
 
     Arguments as :func:`fit`; ``policy`` (optional) replaces the one
@@ -121,7 +128,8 @@ def plan_fit(state: TrainState, dataset: Dataset, *, batch_size: int, preprocess
     place = shd.replicated(mesh) if mesh is not None else jax.devices()[0]
     sharding = shd.batch_sharding(mesh) if num_devices > 1 else None
     program = TrainProgram(policy, batch_size, preprocess,
-                           steps_per_epoch if mode == "device" else None, augment, sharding)
+                           steps_per_epoch if mode == "device" else None, augment, sharding,
+                           float(label_smoothing))
     return FitPlan(steps_per_epoch, mode, policy, place, sharding or place, program)
 
 
@@ -201,6 +209,7 @@ def fit(
     micro_batches: int | str = "auto",
     reuse_host_memory: bool | str = False,
     policy: ExecutionPolicy | None = None,
+    label_smoothing: float = 0.0,
 ) -> FitResult:
     """Trains ``state`` on ``dataset.train`` for ``epochs`` epochs.
 
@@ -256,6 +265,9 @@ def fit(
         host process unless asked.
       policy: an :class:`~jaxcnn.training.ExecutionPolicy` to use instead of
         the one resolved from ``micro_batches`` and ``reuse_host_memory``.
+      label_smoothing: smooth the training loss's one-hot targets by this
+        much (:func:`~jaxcnn.training.cross_entropy`; 0: none). Validation
+        and test losses are never smoothed.
 
     Returns:
       A :class:`FitResult`.
@@ -283,7 +295,7 @@ def fit(
     plan = plan_fit(state, dataset, batch_size=batch_size, preprocess=preprocess, mesh=mesh,
                     pipeline=pipeline, augment=augment, memory_budget=memory_budget,
                     micro_batches=micro_batches, reuse_host_memory=reuse_host_memory,
-                    policy=policy)
+                    policy=policy, label_smoothing=label_smoothing)
     program, spe = plan.program, plan.steps_per_epoch
     history = list(history or [])
     state = jax.device_put(state, plan.place)
@@ -357,17 +369,42 @@ def fit(
         if bar is not None:
             bar.close()
         source.close()
-    reason = None
+    reason, restored = None, None
     if stopped:
-        reason = (stopper.reason if stopper is not None and stopper.reason
-                  else f"a callback stopped training at step {step}")
-        if stopper is not None and stopper.reason and stopper.best_state is not None:
-            state = stopper.best_state
-            reason += f"; returning the state of epoch {stopper.best_epoch}"
-        log.info("stopped early: %s", reason)
+        reason, state, restored = _stop_reason(stopper, restore_best, state, step, spe)
+        log.info("%s", reason)
     for cb in callbacks:
         cb.on_train_end(state, history)
-    return FitResult(state, history, stopped, plan.pipeline, reason, program)
+    return FitResult(state, history, stopped, plan.pipeline, reason, program, restored)
+
+
+def _stop_reason(stopper: EarlyStopping | None, restore_best: bool, state: TrainState,
+                 step: int, steps_per_epoch: int) -> tuple[str, TrainState, int | None]:
+    """Why and when training stopped early, and which parameters ``fit`` returns.
+
+    Returns ``(sentence, state, restored_epoch)``.
+
+    Example:
+      >>> print(_stop_reason(None, True, None, 31, 22)[0])
+      training stopped at step 31 (epoch 2, batch 9): a callback asked to stop; kept the
+      parameters of step 31
+    """
+    if stopper is None or not stopper.reason:
+        epoch, batch = divmod(step, steps_per_epoch)
+        where = (f"epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}")
+        return (f"training stopped at step {step} ({where}): a callback asked to stop; kept "
+                f"the parameters of step {step}", state, None)
+    best = stopper.best_epoch
+    if stopper.best_state is not None:
+        return (f"{stopper.reason}; restored epoch {best}'s parameters", stopper.best_state,
+                best)
+    if restore_best:
+        # The best epoch came before a resume: its state was never in this process.
+        return (f"{stopper.reason}; kept the last epoch's parameters (epoch {best} was trained "
+                f"before the run resumed, so its parameters are only in its checkpoint, if "
+                "one was kept)", state, None)
+    return (f"{stopper.reason}; kept the last epoch's parameters (train.restore_best is off)",
+            state, None)
 
 
 def _host_metrics(acc, state) -> dict[str, float]:
