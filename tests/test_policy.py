@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxcnn.config import Config
 from jaxcnn.bench import BenchConfig, bench_data, train_program
 from jaxcnn.data import Augment, Preprocess, from_arrays, resolve_augment
 from jaxcnn.errors import ConfigError
@@ -94,7 +95,9 @@ def test_bench_times_the_program_fit_runs():
         state = create_train_state(build_model(SPEC, 3), shape, optax.adam(1e-3),
                                    jax.random.key(0))
         plan = plan_fit(state, ds, batch_size=batch, preprocess=pre, pipeline="device",
-                        augment=resolve_augment(None, shape), reuse_host_memory="auto")
+                        augment=resolve_augment(None, shape), reuse_host_memory="auto",
+                        label_smoothing=config.label_smoothing)
+        assert config.label_smoothing == Config().train.label_smoothing
         bench_program = train_program(config, batch, pre)
         assert plan.program == bench_program
         data = (jnp.asarray(images), jnp.asarray(labels), jnp.arange(len(labels)))

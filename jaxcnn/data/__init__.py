@@ -12,6 +12,9 @@ Names understood by :func:`load_dataset`:
 * ``digits``: the 1,797 8x8 handwritten digits that scikit-learn ships (works
   offline). Split: stratified 80/20 with ``random_state=0`` (1,437 train,
   360 test), pixels scaled from [0, 16] to [0, 1].
+* ``digits28``: the same digits upsampled from 8x8 to 28x28 (bilinear), the
+  input size of models written for MNIST, offline. A stand-in, not MNIST
+  (see :func:`load_digits28`).
 * ``synthetic:HxWxC:K`` (optionally ``:N`` train examples): random images and
   labels, for benchmarks and tests.
 * ``mnist``, ``fashion_mnist``, ``kmnist``, ``emnist``, ``cifar10``,
@@ -47,12 +50,12 @@ Example:
 from jaxcnn.data._core import (MAX_CLASSES, MEMORY_BUDGET_BYTES, Dataset, Preprocess, Split,
                                UnknownDatasetError, as_images, check_memory, from_arrays,
                                infer_num_classes)
-from jaxcnn.data._embedded import load_digits
+from jaxcnn.data._embedded import load_digits, load_digits28
 from jaxcnn.data._files import (find_idx_files, idx_header, load_idx, load_npz, read_idx,
                                 read_npy, write_idx)
 from jaxcnn.data._pipeline import (Augment, Prefetcher, augment_batch, augment_key,
-                                   choose_pipeline, device_memory_budget, fit_options,
-                                   resolve_augment)
+                                   choose_pipeline, default_augment, device_memory_budget,
+                                   fit_options, resolve_augment, shape_augment)
 from jaxcnn.data._registry import DEFAULT_DATASET, load_dataset
 from jaxcnn.data._synthetic import load_synthetic
 from jaxcnn.data._tfds import (SourceImages, default_data_dir, list_prepared, load_tfds,
@@ -64,10 +67,11 @@ __all__ = [
     # limits on what data may declare
     "MAX_CLASSES", "MEMORY_BUDGET_BYTES", "check_memory", "infer_num_classes",
     # the registry and its sources
-    "DEFAULT_DATASET", "load_dataset", "load_digits", "load_synthetic",
+    "DEFAULT_DATASET", "load_dataset", "load_digits", "load_digits28", "load_synthetic",
     "find_idx_files", "idx_header", "load_idx", "load_npz", "read_idx", "read_npy", "write_idx",
     "SourceImages", "default_data_dir", "list_prepared", "load_tfds", "prepare_tfds",
     # the input pipeline
     "Augment", "Prefetcher", "augment_batch", "augment_key", "choose_pipeline",
-    "device_memory_budget", "fit_options", "resolve_augment",
+    "default_augment", "device_memory_budget", "fit_options", "resolve_augment",
+    "shape_augment",
 ]

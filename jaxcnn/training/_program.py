@@ -41,6 +41,7 @@ class TrainProgram:
         batch arrives gathered (``data = (images, labels)``, streaming).
       augment: on-device augmentation, keyed by ``fold_in(aug_key, step)``.
       sharding: the batch's sharding over several devices (None: one device).
+      label_smoothing: the training loss's label smoothing (0: none).
 
     Example:
       >>> from jaxcnn.training import resolve_policy
@@ -55,6 +56,7 @@ class TrainProgram:
     steps_per_epoch: int | None = None
     augment: Augment | None = None
     sharding: Any = None
+    label_smoothing: float = 0.0
 
     @property
     def streaming(self) -> bool:
@@ -171,7 +173,8 @@ def _guarded(state, new_state, acc, loss, accuracy):
 def _train_call(state, carry, data, key, aug_key, program: TrainProgram):
     x, y = _rows(state, data, aug_key, program)
     new_state, m = train_step(state, {"image": program.preprocess(x), "label": y}, key,
-                              micro_batches=program.policy.micro_batches)
+                              micro_batches=program.policy.micro_batches,
+                              label_smoothing=program.label_smoothing)
     state, acc = _guarded(state, new_state, carry["acc"], m["loss"], m["accuracy"])
     return state, {**carry, "acc": acc}
 
@@ -185,7 +188,7 @@ def _chunk_call(state, carry, data, key, aug_key, chunk, program: TrainProgram):
     grads, loss, correct = accumulate_gradients(
         state, program.preprocess(xs), ys, jax.random.fold_in(key, state.step),
         total=program.batch_size, micro_batches=k, first_index=chunk * k, grads=carry["grads"],
-        split=True)
+        split=True, label_smoothing=program.label_smoothing)
     stats = carry["stats"] + jnp.stack([loss, correct.astype(jnp.float32)])
     return {**carry, "grads": grads, "stats": stats}
 

@@ -17,7 +17,8 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
     """Per-example softmax cross-entropy from logits and integer labels.
 
     Computed in float32 from the logits shifted by their row maximum ``m``:
@@ -30,17 +31,27 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     is held constant under differentiation, so the gradient is the usual
     ``softmax(logits) - one_hot(label)``.
 
+    With ``label_smoothing = s > 0`` the target is ``(1 - s) * one_hot(label)
+    + s / K`` over the ``K`` classes (Szegedy et al., 2016): the loss is
+    ``log(sum(exp(z))) - (1 - s) * z[label] - s * mean(z)``, and its minimum
+    is no longer 0, so a smoothed loss near ``s * log(K)`` is a well-fit model.
+
     Example:
       >>> float(cross_entropy(jnp.array([[0.0, 1000.0]]), jnp.array([0]))[0])
       1000.0
       >>> round(float(cross_entropy(jnp.array([[-1e4, -1e4]]), jnp.array([0]))[0]), 6)
+      0.693147
+      >>> round(float(cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([0]), 0.1)[0]), 6)
       0.693147
     """
     z = logits.astype(jnp.float32)
     z = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     lse = jnp.log(jnp.sum(jnp.exp(z), axis=-1))
     label_z = jnp.take_along_axis(z, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
-    return lse - label_z
+    if not label_smoothing:
+        return lse - label_z
+    s = jnp.float32(label_smoothing)
+    return lse - (1 - s) * label_z - s * jnp.mean(z, axis=-1)
 
 
 def micro_batch_bounds(n: int, micro_batches: int) -> list[tuple[int, int]]:
@@ -56,7 +67,8 @@ def micro_batch_bounds(n: int, micro_batches: int) -> list[tuple[int, int]]:
 
 def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array,
                          step_key: jax.Array, *, total: int, micro_batches: int = 1,
-                         first_index: int = 0, grads=None, split: bool | None = None):
+                         first_index: int = 0, grads=None, split: bool | None = None,
+                         label_smoothing: float = 0.0):
     """Gradients of ``sum(loss) / total`` over ``images``, as micro-batches in sequence.
 
     The building block of :func:`train_step`, and of steps that spread one
@@ -78,6 +90,8 @@ def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array
       split: whether the batch runs as several micro-batches in all (default:
         ``micro_batches > 1 or first_index > 0``); decides between
         ``fold_in(step_key, i)`` and ``step_key`` for the dropout masks.
+      label_smoothing: the training loss's label smoothing (see
+        :func:`cross_entropy`; 0: none).
 
     Returns:
       ``(grads, loss_sum, correct)``: summed gradients, ``sum(loss) / total``
@@ -104,7 +118,7 @@ def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array
         logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
         # Summed over the micro-batch and divided by the whole batch: the
         # micro-batches' gradients add up to the gradient of the batch mean.
-        return cross_entropy(logits, y).sum() / total, logits
+        return cross_entropy(logits, y, label_smoothing).sum() / total, logits
 
     loss, correct = 0.0, 0
     for x, y, k in parts:
@@ -121,7 +135,8 @@ def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
-               micro_batches: int = 1) -> tuple[TrainState, Metrics]:
+               micro_batches: int = 1, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, Metrics]:
     """One optimisation step: forward, loss, backward and update.
 
     Pure and jit-able. The dropout key of this step is
@@ -143,6 +158,9 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
         (preprocessed images).
       key: the run's dropout key.
       micro_batches: how many micro-batches the batch runs as (1: one pass).
+      label_smoothing: smooth the one-hot targets by this much (0: none;
+        see :func:`cross_entropy`). The reported loss is the smoothed one.
+        Static: jit with ``static_argnames=("micro_batches", "label_smoothing")``.
 
     Returns:
       ``(new_state, {"loss": mean loss, "accuracy": mean accuracy})``.
@@ -161,7 +179,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
     n = batch["label"].shape[0]
     grads, loss, correct = accumulate_gradients(
         state, batch["image"], batch["label"], jax.random.fold_in(key, state.step), total=n,
-        micro_batches=micro_batches)
+        micro_batches=micro_batches, label_smoothing=label_smoothing)
     state = state.apply_gradients(grads=grads)
     return state, {"loss": loss, "accuracy": correct / n}
 
