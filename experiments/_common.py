@@ -2,16 +2,20 @@
 
 Each script describes its study (the variants, the epochs, the seeds) and
 calls :func:`sweep`; the training itself is :func:`jaxcnn.experiment.run_sweep`.
-Results go to ``docs/experiments/<name>.json`` (config, seeds, versions, every
-cell and the per-variant mean and std), ``<name>.csv``, ``<name>.md`` (the
-table quoted in ``docs/experiments.md``) and ``<name>*.png``. The run
-directories of the cells go to ``runs/experiments/<name>/``, so an interrupted
-study resumes where it stopped.
+Results go to ``<out>/<name>.json`` (config, seeds, versions, every cell and the
+per-variant mean and std), ``<name>.csv``, ``<name>.md`` (the table quoted in
+``docs/experiments.md``) and ``<name>*.png``. ``<out>`` is a fresh directory,
+``runs/experiments/<name>-<YYYYmmdd-HHMMSS>/``, unless ``--out`` names one: the
+committed results are regenerated with ``--out docs/experiments``, so that
+trying a script out never overwrites them. The run directories of the cells go
+to ``runs/experiments/<name>/``, so an interrupted study resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import math
 import os
@@ -26,34 +30,94 @@ from jaxcnn import provenance  # noqa: E402
 from jaxcnn.config import Config, override  # noqa: E402
 from jaxcnn.experiment import SweepResult, run_sweep  # noqa: E402
 
+# The committed results: a script writes here only when given --out docs/experiments.
 OUT = os.path.join(ROOT, "docs", "experiments")
 RUNS = os.path.join(ROOT, "runs", "experiments")
 
 # The seed model's layers with each choice an ablation varies made a parameter.
 SEED_SPEC = ("conv({f1},{k},same) {pool1} dropout({d1}) conv({f2},{k},same) {pool2} "
-             "dropout({d1}) {head} dense(128,relu) dropout({d2}) softmax")
+             "dropout({d1}) {head} {dense} dropout({d2}) softmax")
 
 
 def seed_spec(f1=32, f2=64, k=3, pool1="maxpool(2)", pool2="maxpool(2)", d1=0.25, d2=0.5,
-              head="flatten") -> str:
+              head="flatten", dense="dense(128,relu)") -> str:
     """The default model (``seed_cnn``) as spec text, with one part replaced."""
-    return SEED_SPEC.format(f1=f1, f2=f2, k=k, pool1=pool1, pool2=pool2, d1=d1, d2=d2, head=head)
+    return SEED_SPEC.format(f1=f1, f2=f2, k=k, pool1=pool1, pool2=pool2, d1=d1, d2=d2, head=head,
+                            dense=dense)
+
+
+def fresh_out(name: str) -> str:
+    """A new results directory for one run of a script: ``runs/experiments/<name>-<time>/``.
+
+    The default ``--out`` of every script, so that only an explicit
+    ``--out docs/experiments`` replaces the committed results.
+    """
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(RUNS, f"{name}-{stamp}")
+    n = 1
+    while os.path.exists(path):  # two runs started within the same second
+        n += 1
+        path = os.path.join(RUNS, f"{name}-{stamp}-{n}")
+    return path
+
+
+def script_name() -> str:
+    """The running script's name without ``.py`` (``ablate_lr``)."""
+    return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "experiment"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Fills in the default ``--out`` (a fresh directory) and says where results go."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        if getattr(ns, "out", "") is None:
+            ns.out = fresh_out(script_name())
+        if getattr(ns, "out", None):
+            os.makedirs(ns.out, exist_ok=True)
+            where = os.path.relpath(os.path.abspath(ns.out), ROOT)
+            hint = ("" if os.path.abspath(ns.out) == OUT else
+                    " (pass --out docs/experiments to replace the committed results)")
+            print(f"results go to {where}/{hint}", file=sys.stderr)
+        return ns, rest
+
+
+def out_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with only ``--out``, for scripts that train nothing (see :func:`parser`)."""
+    p = _Parser(description=doc.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog=doc)
+    p.add_argument("--out", default=None,
+                   help="where results and plots go (default: a fresh directory "
+                        "runs/experiments/<script>-<time>/; --out docs/experiments "
+                        "replaces the committed results)")
+    return p
 
 
 def parser(doc: str, *, epochs: int, seeds: int = 3) -> argparse.ArgumentParser:
-    """The arguments every study takes."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=doc)
+    """The arguments every study takes.
+
+    ``--out`` defaults to :func:`fresh_out` (a new ``runs/experiments/<script>-<time>/``),
+    chosen and printed when the arguments are parsed.
+    """
+    p = out_parser(doc)
     p.add_argument("--dataset", default="digits",
                    help="dataset name (default digits; any prepared dataset, e.g. mnist)")
     p.add_argument("--data-dir", default=None, help="where prepared datasets live")
     p.add_argument("--epochs", type=int, default=epochs, help=f"epochs per run (default {epochs})")
     p.add_argument("--seeds", type=int, default=seeds, help=f"seeds per variant (default {seeds})")
-    p.add_argument("--out", default=OUT, help="where results and plots go (default docs/experiments)")
     p.add_argument("--runs", default=RUNS, help="run directories (resumable; default runs/experiments)")
     p.add_argument("--progress", action="store_true", help="show each run's progress bar")
     return p
+
+
+def library_defaults(args) -> Config:
+    """The library's own defaults (what ``jaxcnn train`` runs), on one device, without
+    checkpoints, with the common arguments applied: the base of the default-recipe studies.
+    """
+    return override(Config(), {"data.dataset": args.dataset, "data.data_dir": args.data_dir,
+                               "train.epochs": args.epochs, "train.num_devices": 1,
+                               "checkpoint.enabled": False})
 
 
 def base_config(args, **updates) -> Config:
@@ -64,7 +128,10 @@ def base_config(args, **updates) -> Config:
                               "train.epochs": args.epochs, "train.num_devices": 1,
                               "data.validation_fraction": 0.0, "data.batch_size": 32,
                               "optimizer.name": "adam", "optimizer.learning_rate": 1e-3,
-                              "optimizer.schedule": "constant", "model.name": "seed_cnn"})
+                              "optimizer.schedule": "constant", "model.name": "seed_cnn",
+                              # The studies predate the default recipe's shifts and label
+                              # smoothing (docs/experiments.md, "The default recipe").
+                              "data.augment": False, "train.label_smoothing": 0.0})
     if "checkpoint" in cfg.to_dict():
         # A study's runs are short and resumable per cell; checkpoints would only cost time.
         cfg = override(cfg, {"checkpoint.enabled": False})

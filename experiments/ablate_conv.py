@@ -3,7 +3,8 @@
 The seed model with its two convolutions changed: filters (F, 2F) for F in 4, 8, 16, 32, 64 at
 kernel 3, and kernel sizes 1, 3, 5, 7 at F = 32 ('same' padding throughout).
 
-Command:   python experiments/ablate_conv.py          (--dataset NAME for another dataset)
+Command:   python experiments/ablate_conv.py --out docs/experiments
+           (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 The training throughput of every variant is then measured side by side (_common.time_steps).
 
@@ -15,7 +16,9 @@ Expected:  accuracy rises with F (87.9 % at 4/8, 94.8 % at 8/16, 97.2 % at 16/32
            (97.8 %) gain nothing over 3x3 at 2.6x and 5x the FLOPs, and their train steps run
            about 20x and 30x slower on this CPU.
 
-Writes docs/experiments/ablate_conv.{json,csv,md} and ablate_conv.png.
+Writes <out>/ablate_conv.{json,csv,md} and ablate_conv.png.
+<out> is a fresh runs/experiments/ablate_conv-<time>/ unless --out is given; --out
+docs/experiments replaces the committed results.
 """
 
 import _common as C

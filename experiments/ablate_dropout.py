@@ -5,7 +5,8 @@ split is held out for validation (data.validation_fraction=0.2). After every epo
 training split is also evaluated *without* dropout, so "train" below is the accuracy the model
 reaches on the data it is fitted to, comparable with the validation accuracy.
 
-Command:   python experiments/ablate_dropout.py       (--dataset NAME for another dataset)
+Command:   python experiments/ablate_dropout.py --out docs/experiments
+           (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 Run time:  about 6 minutes (4 rates x 3 seeds x 40 epochs).
 Expected:  without dropout the model memorises the training split (train loss 0.0005, 100 %)
@@ -15,7 +16,9 @@ Expected:  without dropout the model memorises the training split (train loss 0.
            (99.1 ± 0.2 % against 98.1 ± 0.8 % without); 0.75 in all three layers underfits
            (train and validation both about 90 %).
 
-Writes docs/experiments/ablate_dropout.{json,csv,md} and ablate_dropout.png.
+Writes <out>/ablate_dropout.{json,csv,md} and ablate_dropout.png.
+<out> is a fresh runs/experiments/ablate_dropout-<time>/ unless --out is given; --out
+docs/experiments replaces the committed results.
 """
 
 import _common as C

@@ -4,7 +4,8 @@ Four variants of the seed model: its head (Flatten or GAP, then Dense 128) after
 pooled conv blocks, and the same two heads on a model without pooling, where the feature map
 reaching the head is 8x8x64 instead of 2x2x64.
 
-Command:   python experiments/ablate_flatten.py       (--dataset NAME for another dataset)
+Command:   python experiments/ablate_flatten.py --out docs/experiments
+           (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 Run time:  about 3 minutes (4 variants x 3 seeds x 20 epochs).
 Expected:  GAP makes the dense layer's parameter count independent of the feature map size
@@ -14,7 +15,9 @@ Expected:  GAP makes the dense layer's parameter count independent of the featur
            544,522) but loses 7 points (91.3 ± 0.9 % against 98.4 ± 0.8 %): averaging an 8x8
            map throws away where the strokes are.
 
-Writes docs/experiments/ablate_flatten.{json,csv,md} and ablate_flatten.png.
+Writes <out>/ablate_flatten.{json,csv,md} and ablate_flatten.png.
+<out> is a fresh runs/experiments/ablate_flatten-<time>/ unless --out is given; --out
+docs/experiments replaces the committed results.
 """
 
 import _common as C

@@ -3,7 +3,8 @@
 The seed model with Adam at learning rates 1e-5, 1e-4, 1e-3, 1e-2, 1e-1 and 1 (constant
 schedule, batch 32).
 
-Command:   python experiments/ablate_lr.py            (--dataset NAME for another dataset)
+Command:   python experiments/ablate_lr.py --out docs/experiments
+           (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 Run time:  about 5 minutes (6 rates x 3 seeds x 20 epochs).
 Expected:  1e-5 is far too slow (training loss 2.27 after 20 epochs, 47 % test accuracy),
@@ -11,7 +12,9 @@ Expected:  1e-5 is far too slow (training loss 2.27 after 20 epochs, 47 % test a
            and worse (97.8 %), and at 1e-1 and 1 the loss blows up (to 1e4 in the first epoch
            at 1) and the model ends at chance (10 %).
 
-Writes docs/experiments/ablate_lr.{json,csv,md} and ablate_lr.png.
+Writes <out>/ablate_lr.{json,csv,md} and ablate_lr.png.
+<out> is a fresh runs/experiments/ablate_lr-<time>/ unless --out is given; --out
+docs/experiments replaces the committed results.
 """
 
 import _common as C

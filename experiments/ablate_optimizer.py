@@ -5,15 +5,18 @@ split, seed 0) over the rates listed in GRID; the best rate by validation accura
 validation loss) is then run with every seed and reported on the test split. The test split
 plays no part in the choice. The seed model, batch 32, constant schedule.
 
-Command:   python experiments/ablate_optimizer.py     (--dataset NAME for another dataset)
+Command:   python experiments/ablate_optimizer.py --out docs/experiments
+           (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 Run time:  about 9 minutes (16 tuning runs + 10 more seeds, 20 epochs each).
 Expected:  tuned rates 1e-3 (Adam, RMSProp), 1e-2 (SGD with momentum 0.9; 0.1 diverges to
            chance) and 1e-1 (SGD, AdaGrad); at those rates all five end within 0.7 points
            (test 97.4-98.1 %), AdaGrad at 0.1 fitting fastest on this small problem.
 
-Writes docs/experiments/ablate_optimizer.{json,csv,md}, ablate_optimizer_tuning.{json,csv} and
+Writes <out>/ablate_optimizer.{json,csv,md}, ablate_optimizer_tuning.{json,csv} and
 ablate_optimizer.png.
+<out> is a fresh runs/experiments/ablate_optimizer-<time>/ unless --out is given; --out
+docs/experiments replaces the committed results.
 """
 
 import _common as C

@@ -3,7 +3,8 @@
 The seed model with each of its two maxpool(2) layers replaced by avgpool(2), by a stride-2
 3x3 convolution with the same number of filters (a learned downsampling), or removed.
 
-Command:   python experiments/ablate_pooling.py       (--dataset NAME for another dataset)
+Command:   python experiments/ablate_pooling.py --out docs/experiments
+           (--dataset NAME for another dataset)
 Hardware:  2 shared AMD EPYC CPU cores, no GPU.
 The training throughput of the four models is then measured side by side (_common.time_steps).
 
@@ -14,7 +15,9 @@ Expected:  max pooling 98.9 ± 0.0 % at 53,002 parameters and 0.70 MFLOP per ima
            98.4 ± 0.8 % with 10x the parameters (the dense layer sees 8x8x64 = 4,096 inputs),
            4.9x the FLOPs and about 5x slower steps.
 
-Writes docs/experiments/ablate_pooling.{json,csv,md} and ablate_pooling.png.
+Writes <out>/ablate_pooling.{json,csv,md} and ablate_pooling.png.
+<out> is a fresh runs/experiments/ablate_pooling-<time>/ unless --out is given; --out
+docs/experiments replaces the committed results.
 """
 
 import _common as C

@@ -20,10 +20,13 @@ the save calls (the part asynchronous saving cannot hide).
 
 Command (about 3 minutes on 2 CPU cores)::
 
-    python experiments/bench_checkpoint.py --examples 4096 --epochs 3 --rounds 5
+    python experiments/bench_checkpoint.py --examples 4096 --epochs 3 --rounds 5 \
+        --out docs/experiments/bench_checkpoint.json
 
-Writes ``docs/experiments/bench_checkpoint.json`` (results with the versions,
-device and commit that produced them) unless ``--out`` says otherwise.
+Writes ``--out`` (results with the versions, device and commit that produced
+them): by default ``runs/experiments/bench_checkpoint-<time>/bench_checkpoint.json``,
+a fresh directory, so only ``--out docs/experiments/bench_checkpoint.json``
+replaces the committed file.
 """
 
 from __future__ import annotations
@@ -138,6 +141,16 @@ def run(examples: int = 4096, batch_size: int = 128, epochs: int = 3, rounds: in
     }
 
 
+def _fresh_out(filename: str) -> str:
+    """The default ``--out``: ``runs/experiments/bench_checkpoint-<time>/<filename>``, a new directory.
+
+    Only an explicit ``--out docs/experiments/...`` replaces the committed results.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs",
+                        "experiments", f"bench_checkpoint-{stamp}", filename)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -147,9 +160,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (one save each)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--model", default="keras_convnet")
-    p.add_argument("--out", default=os.path.join(ROOT, "docs", "experiments",
-                                                 "bench_checkpoint.json"))
+    p.add_argument("--out", default=None,
+                   help="results file (default: a fresh runs/experiments/bench_checkpoint-<time>/"
+                        "bench_checkpoint.json)")
     args = p.parse_args(argv)
+    args.out = args.out or _fresh_out("bench_checkpoint.json")
+    print(f"results go to {args.out}", flush=True)
     compilation_cache.enable_compilation_cache()
     result = run(args.examples, args.batch_size, args.epochs, args.rounds, args.model)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

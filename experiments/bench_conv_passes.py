@@ -22,9 +22,11 @@ padded transposed convolution also multiplies.
 
 Command (about 3 minutes on 2 cores)::
 
-    python experiments/bench_conv_passes.py
+    python experiments/bench_conv_passes.py --out docs/experiments/conv_passes.json
 
-Writes ``docs/experiments/conv_passes.json`` and ``.png``.
+Writes ``--out`` and the same name with ``.png``: by default a fresh directory,
+``runs/experiments/bench_conv_passes-<time>/conv_passes.json``, so only
+``--out docs/experiments/conv_passes.json`` replaces the committed files.
 """
 
 from __future__ import annotations
@@ -186,6 +188,16 @@ def plot(record, path):
     return save_figure(fig, path)
 
 
+def _fresh_out(filename: str) -> str:
+    """The default ``--out``: ``runs/experiments/bench_conv_passes-<time>/<filename>``, a new directory.
+
+    Only an explicit ``--out docs/experiments/...`` replaces the committed results.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs",
+                        "experiments", f"bench_conv_passes-{stamp}", filename)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,8 +206,12 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=5, help="timed calls per round")
-    p.add_argument("--out", default=os.path.join(ROOT, "docs", "experiments", "conv_passes.json"))
+    p.add_argument("--out", default=None,
+                   help="results file (default: a fresh runs/experiments/bench_conv_passes-<time>/"
+                        "conv_passes.json)")
     args = p.parse_args(argv)
+    args.out = args.out or _fresh_out("conv_passes.json")
+    print(f"results go to {args.out}", flush=True)
     options = ops.compiler_options("fast")
     print(f"compiler options {options}; share of peak: of a {PEAK_N}^3 fp32 matmul "
           "timed in the same rounds")

@@ -17,9 +17,12 @@ Command (about 5 minutes on 2 cores)::
 
     python experiments/bench_fast_path.py --models keras_convnet seed_cnn flax_cnn \
         --variants xla fast xla_fast_options fast_default_options \
-        fast_no_library_fusions fast_xla_avg_pool --rounds 7 --profile --trace
+        fast_no_library_fusions fast_xla_avg_pool --rounds 7 --profile --trace \
+        --out docs/experiments/fast_path_bench.json
 
-Writes ``docs/experiments/fast_path_bench.json``.
+Writes ``--out`` and the same name with ``.png``: by default a fresh directory,
+``runs/experiments/bench_fast_path-<time>/fast_path_bench.json``, so only
+``--out docs/experiments/fast_path_bench.json`` replaces the committed files.
 """
 
 from __future__ import annotations
@@ -315,6 +318,16 @@ def plot_variants(result, path):
     return save_figure(fig, path)
 
 
+def _fresh_out(filename: str) -> str:
+    """The default ``--out``: ``runs/experiments/bench_fast_path-<time>/<filename>``, a new directory.
+
+    Only an explicit ``--out docs/experiments/...`` replaces the committed results.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs",
+                        "experiments", f"bench_fast_path-{stamp}", filename)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["keras_convnet", "seed_cnn", "flax_cnn"])
@@ -327,11 +340,14 @@ def main(argv=None):
                    help="also time each conv/pool layer alone, per path")
     p.add_argument("--trace", action="store_true",
                    help="also profile the fast step with jax.profiler: time per HLO op")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
-                                                 "experiments", "fast_path_bench.json"))
+    p.add_argument("--out", default=None,
+                   help="results file (default: a fresh runs/experiments/bench_fast_path-<time>/"
+                        "fast_path_bench.json)")
     p.add_argument("--png", default=None,
                    help="also draw the variants as grouped bars (default: --out with .png)")
     args = p.parse_args(argv)
+    args.out = args.out or _fresh_out("fast_path_bench.json")
+    print(f"results go to {args.out}", flush=True)
     random.seed(0)
     image_shape = tuple(int(v) for v in args.image_shape.lower().split("x"))
     peak = matmul_peak()

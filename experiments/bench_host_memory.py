@@ -19,12 +19,15 @@ pages only).
 Commands (about 10 and 15 minutes on 2 cores)::
 
     python experiments/bench_host_memory.py --models keras_convnet seed_cnn flax_cnn \\
-        --micro-batches 1 4 --settings default reuse reuse_single_heap --rounds 3
+        --micro-batches 1 4 --settings default reuse reuse_single_heap --rounds 3 \\
+        --out docs/experiments/host_memory.json
     python experiments/bench_host_memory.py --models keras_convnet seed_cnn flax_cnn \\
         --micro-batches 1 4 --settings default reuse_single_heap reuse_env reuse_env_thp thp \\
         --rounds 3 --out docs/experiments/host_memory_glibc.json
 
-Writes ``docs/experiments/host_memory.json`` and ``.png`` (or ``--out``).
+Writes ``--out`` and the same name with ``.png``: by default a fresh directory,
+``runs/experiments/bench_host_memory-<time>/host_memory.json``, so only an explicit
+``--out docs/experiments/...`` replaces the committed files.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import random
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Per setting: how the child applies it. "mallopt...": jaxcnn.host_memory.reuse_host_memory() at
@@ -144,8 +148,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=os.path.join(HERE, "..", "docs", "experiments",
-                                                 "host_memory.json"))
+    p.add_argument("--out", default=None,
+                   help="results file (default: a fresh runs/experiments/bench_host_memory-<time>/"
+                        "host_memory.json)")
     # Internal: one measurement in a fresh process.
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setting", default="default", help=argparse.SUPPRESS)
@@ -155,6 +160,11 @@ def main():
         args.model = args.models[0]
         print(json.dumps(child(args)))
         return
+    if args.out is None:
+        args.out = os.path.join(HERE, "..", "runs", "experiments",
+                                "bench_host_memory-" + time.strftime("%Y%m%d-%H%M%S"),
+                                "host_memory.json")
+    print(f"results go to {os.path.normpath(args.out)}", flush=True)
     cells = [(m, k, s) for m in args.models for k in args.micro_batches for s in args.settings]
     samples = {c: [] for c in cells}
     for r in range(args.rounds):

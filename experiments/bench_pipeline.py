@@ -22,10 +22,13 @@ load out of the per-round ratios.
 
 Command (about 3 minutes on 2 CPU cores)::
 
-    python experiments/bench_pipeline.py --examples 2048 --rounds 15
+    python experiments/bench_pipeline.py --examples 2048 --rounds 15 \
+        --out docs/experiments/bench_pipeline.json
 
-Writes ``docs/experiments/bench_pipeline.json`` (results with the versions,
-device and commit that produced them) unless ``--out`` says otherwise.
+Writes ``--out`` (results with the versions, device and commit that produced
+them): by default ``runs/experiments/bench_pipeline-<time>/bench_pipeline.json``,
+a fresh directory, so only ``--out docs/experiments/bench_pipeline.json``
+replaces the committed file.
 """
 
 from __future__ import annotations
@@ -144,6 +147,16 @@ def run(examples: int = 2048, batch_size: int = 128, rounds: int = 15, model_nam
     }
 
 
+def _fresh_out(filename: str) -> str:
+    """The default ``--out``: ``runs/experiments/bench_pipeline-<time>/<filename>``, a new directory.
+
+    Only an explicit ``--out docs/experiments/...`` replaces the committed results.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs",
+                        "experiments", f"bench_pipeline-{stamp}", filename)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=int, default=2048, help="synthetic training examples")
@@ -151,9 +164,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15, help="timed rounds (one epoch per path)")
     p.add_argument("--model", default="keras_convnet")
     p.add_argument("--impl", default="auto", help="conv/pool implementation: auto, xla, fast")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "docs", "experiments", "bench_pipeline.json"))
+    p.add_argument("--out", default=None,
+                   help="results file (default: a fresh runs/experiments/bench_pipeline-<time>/"
+                        "bench_pipeline.json)")
     args = p.parse_args(argv)
+    args.out = args.out or _fresh_out("bench_pipeline.json")
+    print(f"results go to {args.out}", flush=True)
     res = run(args.examples, args.batch_size, args.rounds, args.model, args.impl)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
