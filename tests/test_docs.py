@@ -1,11 +1,13 @@
 """The documentation cannot rot: links resolve, snippets run, the API reference builds cleanly."""
 
+import doctest
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -73,32 +75,99 @@ def test_every_doc_is_reachable_from_the_index():
     assert pages <= linked, f"not linked from docs/index.md: {sorted(pages - linked)}"
 
 
-def _python_blocks(path: str) -> list[str]:
-    """The ```python blocks of a page (an info string with "norun" opts a block out)."""
+# Snippets. Every ```python block of a page runs on its own: in a fresh namespace
+# (a block needs no name from an earlier block: it has its own imports and data)
+# and a fresh empty working directory. The blocks of one page share one interpreter
+# (one subprocess per page, which keeps the test fast; a block must still not rely
+# on what an earlier one set up in the process, e.g. XLA_FLAGS). A block opts out with
+# "norun" in its info string (```python norun).
+#
+# Expected output: the ```text block that follows a ```python block, with nothing
+# but blank lines between them, is what the block prints to stdout. It is compared
+# with doctest's OutputChecker with ELLIPSIS and NORMALIZE_WHITESPACE, so a value that
+# legitimately varies (a loss, a timing, a path) is written as `...` and runs of
+# whitespace compare equal. Every runnable block must have one; stderr (logging,
+# progress bars, warnings) is not compared.
+_BLOCK = re.compile(r"^```python([^\n]*)\n(.*?)^```[ \t]*\n", re.S | re.M)
+_OUTPUT = re.compile(r"\s*^```text[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+_CHECK_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+def _python_blocks(path: str) -> list[dict]:
+    """The runnable ```python blocks of a page, each with its first line and expected output.
+
+    Returns dicts with ``code`` (dedented), ``line`` (1-based line of the code's first
+    line in the file) and ``want`` (the following ```text block, or None).
+    """
     text = open(path, encoding="utf-8").read()
-    return [textwrap.dedent(m.group(2)) for m in
-            re.finditer(r"^```python([^\n]*)\n(.*?)^```", text, re.S | re.M)
-            if "norun" not in m.group(1)]
+    blocks = []
+    for m in _BLOCK.finditer(text):
+        if "norun" in m.group(1):
+            continue
+        out = _OUTPUT.match(text, m.end())
+        blocks.append({"code": textwrap.dedent(m.group(2)),
+                       "line": text.count("\n", 0, m.start(2)) + 1,
+                       "want": textwrap.dedent(out.group(1)) if out else None})
+    return blocks
 
 
-# Every page with Python snippets runs them in a fresh interpreter (its blocks
-# in order, like a notebook), in an empty directory.
+def check_output(want: str, got: str) -> str | None:
+    """None when ``got`` matches ``want`` (doctest rules above), else the difference."""
+    checker = doctest.OutputChecker()
+    if checker.check_output(want, got, _CHECK_FLAGS):
+        return None
+    return checker.output_difference(doctest.Example("", want), got, _CHECK_FLAGS)
+
+
+# Runs in the page's subprocess: argv[1] is a JSON file of blocks, argv[2] the
+# results file. Each block is exec'd in a fresh globals dict and its own empty
+# directory, with stdout captured.
+_RUNNER = """
+import contextlib, io, json, os, sys, time, traceback
+from jaxcnn.compilation_cache import enable_compilation_cache
+
+# The test session's compilation cache (see conftest.py): pages that train the same
+# model share its compiled steps instead of compiling them once per page.
+enable_compilation_cache(os.environ.get("JAXCNN_COMPILATION_CACHE"))
+blocks, results, top = json.load(open(sys.argv[1])), [], os.getcwd()
+for i, block in enumerate(blocks):
+    os.makedirs(os.path.join(top, f"block{i}"))
+    os.chdir(os.path.join(top, f"block{i}"))
+    out, error, t0 = io.StringIO(), None, time.perf_counter()
+    try:
+        code = compile("\\n" * (block["line"] - 1) + block["code"], block["path"], "exec")
+        with contextlib.redirect_stdout(out):
+            exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    except BaseException:
+        error = traceback.format_exc()
+    finally:
+        os.chdir(top)
+    results.append({"out": out.getvalue(), "error": error,
+                    "seconds": round(time.perf_counter() - t0, 2)})
+    with open(sys.argv[2], "w") as f:  # after every block: a crash keeps the earlier ones
+        json.dump(results, f)
+"""
+
+# Every page with Python snippets runs them in a fresh interpreter, in an empty directory.
 SNIPPET_PAGES = sorted(os.path.relpath(p, DOCS) for p in _markdown_files()
                        if p.startswith(DOCS + os.sep) and _python_blocks(p))
 
 
-def _run_page(page: str, workdir: str) -> subprocess.CompletedProcess:
-    blocks = _python_blocks(os.path.join(DOCS, page))
-    script = os.path.join(workdir, "snippets.py")
-    # The test session's compilation cache (see conftest.py): pages that train the same
-    # model share its compiled steps instead of compiling them once per page.
-    preamble = ("from jaxcnn.compilation_cache import enable_compilation_cache\n"
-                "enable_compilation_cache(__import__('os').environ.get('JAXCNN_COMPILATION_CACHE'))\n")
-    with open(script, "w") as f:
-        f.write(preamble + "\n\n".join(blocks))
+def _run_page(page: str, workdir: str) -> dict:
+    path = os.path.join(DOCS, page)
+    blocks = [dict(b, path=path) for b in _python_blocks(path)]
+    with open(os.path.join(workdir, "blocks.json"), "w") as f:
+        json.dump(blocks, f)
+    with open(os.path.join(workdir, "runner.py"), "w") as f:
+        f.write(_RUNNER)
+    results_file = os.path.join(workdir, "results.json")
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, script], cwd=workdir, env=env,
-                           capture_output=True, text=True, timeout=900)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "runner.py", "blocks.json", results_file],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    results = json.load(open(results_file)) if os.path.exists(results_file) else []
+    return {"blocks": blocks, "results": results, "proc": proc,
+            "seconds": time.perf_counter() - t0}
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +187,34 @@ def snippet_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("page", SNIPPET_PAGES)
-def test_python_snippets_in_docs_run(page, snippet_runs):
-    out = snippet_runs[page].result()
-    assert out.returncode == 0, f"a snippet in docs/{page} failed:\n{out.stderr[-3000:]}"
+def test_python_snippets_in_docs_run_and_print_what_they_say(page, snippet_runs):
+    run = snippet_runs[page].result()
+    problems = []
+    for i, block in enumerate(run["blocks"]):
+        where = f"docs/{page}, the ```python block at line {block['line'] - 1}"
+        if i >= len(run["results"]):
+            problems.append(f"{where} did not run: the page's process died:\n"
+                            f"{run['proc'].stderr[-3000:]}")
+            break
+        result = run["results"][i]
+        if result["error"]:
+            problems.append(f"{where} failed:\n{result['error'][-3000:]}")
+        elif block["want"] is None:
+            problems.append(f"{where} has no ```text block after it with the output it "
+                            f"prints; it printed:\n{result['out']}")
+        else:
+            diff = check_output(block["want"], result["out"])
+            if diff:
+                problems.append(f"{where} printed something else:\n{diff}")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_output_comparison_follows_doctest_rules():
+    assert check_output("loss 0.2... after 3 epochs\n", "loss 0.2713 after 3 epochs\n") is None
+    assert check_output("a   b\n[1, 2,\n 3]\n", "a b\n[1, 2, 3]\n") is None
+    assert check_output("accuracy 0.9...\n", "accuracy 0.8123\n") is not None
+    blocks = _python_blocks(os.path.join(DOCS, "concepts.md"))
+    assert blocks and all(b["want"] is not None for b in blocks)
 
 
 def test_readme_links_every_doc():
