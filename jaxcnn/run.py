@@ -137,7 +137,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     Example:
       >>> run = prepare(Config())
       >>> run.steps_per_epoch, run.dataset.name
-      (40, 'digits')
+      (44, 'digits')
     """
     if config.train.reuse_host_memory is True:
         # On from the start, for the data as well; "auto" waits for the compiled step (fit).
