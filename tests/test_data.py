@@ -342,3 +342,31 @@ def test_images_decoded_on_demand_train_like_images_in_memory(prepared_dir, tmp_
     assert isinstance(carved[1].validation.images, SourceImages)
     np.testing.assert_array_equal(np.asarray(carved[1].validation.images),
                                   carved[0].validation.images)
+
+
+def test_embedded_digits_are_scikit_learns_digits_and_split():
+    # jaxcnn/data/digits.npz is scikit-learn's copy of the UCI digits, split as the
+    # embedded dataset documents; rebuild both from scikit-learn and compare exactly.
+    sk_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    from jaxcnn.data import load_digits
+
+    bunch = sk_datasets.load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[..., None]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, bunch.target, test_size=0.2, stratify=bunch.target, random_state=0)
+    ds = load_digits()
+    np.testing.assert_array_equal(ds.train.images, x_train)
+    np.testing.assert_array_equal(ds.test.images, x_test)
+    np.testing.assert_array_equal(ds.train.labels, y_train)
+    np.testing.assert_array_equal(ds.test.labels, y_test)
+
+
+def test_loading_the_default_dataset_imports_no_heavy_package():
+    # `jaxcnn train` starts in seconds: the embedded digits need neither scikit-learn
+    # nor TensorFlow.
+    code = ("import sys; from jaxcnn.data import load_dataset; load_dataset('digits'); "
+            "print(sorted(m for m in ('sklearn', 'tensorflow', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
