@@ -340,6 +340,12 @@ class CheckpointConfig:
       enabled: save checkpoints and resume from them.
       every_steps: also save every this many steps (0: off).
       every_epochs: save at the end of every this many epochs (0: off).
+      min_interval_seconds: skip an epoch-end save when the last save is
+        less than this many seconds old, unless the epoch improves
+        ``best_metric`` (0: save every due epoch). For short epochs: the
+        default run's 0.2 s epochs spent about a fifth of their time saving.
+        A SIGKILL loses at most this long (or one epoch, if longer); a
+        SIGTERM or Ctrl-C, and the end of training, always save.
       keep: how many of the most recent checkpoints to keep (>= 1).
       keep_best: also keep this many best checkpoints by ``best_metric`` (0: none).
       best_metric: ``val_accuracy``, ``val_loss``, ``accuracy`` or ``loss`` of
@@ -357,6 +363,7 @@ class CheckpointConfig:
     enabled: bool = True
     every_steps: int = 0
     every_epochs: int = 1
+    min_interval_seconds: float = 10.0
     keep: int = 3
     keep_best: int = 1
     best_metric: str = "val_accuracy"
@@ -368,6 +375,11 @@ class CheckpointConfig:
                f"checkpoint.every_steps must be an int >= 0 (0: off); got {self.every_steps!r}")
         _check(isinstance(self.every_epochs, int) and self.every_epochs >= 0,
                f"checkpoint.every_epochs must be an int >= 0 (0: off); got {self.every_epochs!r}")
+        _check(isinstance(self.min_interval_seconds, (int, float))
+               and not isinstance(self.min_interval_seconds, bool)
+               and self.min_interval_seconds >= 0,
+               f"checkpoint.min_interval_seconds must be a number >= 0 (0: save every due "
+               f"epoch); got {self.min_interval_seconds!r}")
         _check(isinstance(self.keep, int) and self.keep >= 1,
                f"checkpoint.keep must be an int >= 1 (the latest checkpoint is needed to "
                f"resume); got {self.keep!r}")

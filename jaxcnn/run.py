@@ -307,7 +307,9 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
             saver = ckpt.CheckpointCallback(
                 ckpts, {"config": config.to_dict(), **meta}, steps_per_epoch=run.steps_per_epoch,
                 every_steps=config.checkpoint.every_steps,
-                every_epochs=config.checkpoint.every_epochs, history=history, guard=guard)
+                every_epochs=config.checkpoint.every_epochs,
+                min_interval_seconds=config.checkpoint.min_interval_seconds,
+                best_metric=config.checkpoint.best_metric, history=history, guard=guard)
             callbacks = [saver, *callbacks]
 
         t_fit = time.perf_counter()

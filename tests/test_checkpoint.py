@@ -25,8 +25,9 @@ STEPS_PER_EPOCH = 22  # 1,437 digits // 64
 
 
 def _config(epochs=2, devices=1, **extra):
+    # Every epoch saved, however short (these tests count on each epoch's checkpoint).
     updates = {"model.name": SPEC, "data.batch_size": 64, "data.validation_fraction": 0.0,
-               "train.epochs": epochs, "train.num_devices": devices, **extra}
+               "checkpoint.min_interval_seconds": 0, "train.epochs": epochs, "train.num_devices": devices, **extra}
     return override(Config(), updates)
 
 
@@ -198,7 +199,8 @@ class KillDuringSave(Callback):
 cfg = override(Config(), {{"model.name": "conv(64,3) flatten dense(512) softmax",
                           "data.batch_size": 64, "data.validation_fraction": 0.0,
                           "train.epochs": 2, "train.num_devices": 1,
-                          "checkpoint.every_steps": 10}})
+                          "checkpoint.every_steps": 10,
+                          "checkpoint.min_interval_seconds": 0}})
 train_and_evaluate(cfg, sys.argv[1], progress=False, callbacks=[KillDuringSave()])
 """
 
@@ -218,7 +220,8 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path):
     cfg = override(Config(), {"model.name": "conv(64,3) flatten dense(512) softmax",
                               "data.batch_size": 64, "data.validation_fraction": 0.0,
                               "train.epochs": 2, "train.num_devices": 1,
-                              "checkpoint.every_steps": 10})
+                              "checkpoint.every_steps": 10,
+                              "checkpoint.min_interval_seconds": 0})
     out = train_and_evaluate(cfg, workdir, progress=False)
     assert out["steps"] == 2 * STEPS_PER_EPOCH
     assert ckpt.leftover_temporary_dirs(cdir) == []
@@ -287,7 +290,8 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path):
 
     workdir = str(tmp_path / "nan")
     cfg = _config(**{"optimizer.name": "sgd", "optimizer.learning_rate": 1e9,
-                     "checkpoint.every_steps": 1, "checkpoint.keep": 100})
+                     "checkpoint.every_steps": 1, "checkpoint.keep": 100,
+                     "checkpoint.min_interval_seconds": 0})
     with pytest.raises(NonFiniteLossError) as e:
         train_and_evaluate(cfg, workdir, progress=False)
     with ckpt.Checkpoints(ckpt.checkpoint_dir(workdir), read_only=True) as c:

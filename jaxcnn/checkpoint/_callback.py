@@ -7,6 +7,7 @@ import datetime
 import logging
 import signal
 import threading
+import time
 from typing import Mapping
 
 import jax
@@ -123,6 +124,13 @@ class CheckpointCallback(Callback):
       steps_per_epoch: to tell epoch boundaries.
       every_steps: save every this many steps (0: off).
       every_epochs: save every this many epochs (0: off).
+      min_interval_seconds: skip a due epoch-end save while the last save
+        is younger than this, unless the epoch's ``best_metric`` is the best
+        so far (0: never skip). Step saves, signal saves and the final save
+        are never skipped.
+      best_metric: the record key (``val_accuracy``, ``val_loss``,
+        ``accuracy`` or ``loss``; ``*loss`` is better when lower) whose
+        improvement always saves.
       history: epoch records of earlier, resumed training.
       guard: a :class:`PreemptionGuard`, or None.
 
@@ -139,7 +147,9 @@ class CheckpointCallback(Callback):
     """
 
     def __init__(self, checkpoints: Checkpoints, meta: Mapping, *, steps_per_epoch: int,
-                 every_steps: int = 0, every_epochs: int = 1, history=(), guard=None):
+                 every_steps: int = 0, every_epochs: int = 1,
+                 min_interval_seconds: float = 0.0, best_metric: str | None = None,
+                 history=(), guard=None):
         self.checkpoints = checkpoints
         self.meta = dict(meta)
         self.steps_per_epoch = steps_per_epoch
@@ -149,6 +159,11 @@ class CheckpointCallback(Callback):
         self.preempted_step: int | None = None
         self.last_saved = checkpoints.latest_step()
         self._skipped_bad = False
+        self.min_interval_seconds, self.best_metric = min_interval_seconds, best_metric
+        self._last_save_time = time.monotonic()  # the run starts from its init or a restore
+        self._best_value = None
+        for record in self.history:  # a resumed run: the best of its earlier epochs
+            self._improves(record)
 
     def save(self, state: TrainState, step: int, record: Mapping | None = None) -> bool:
         """Saves ``state`` as ``step`` unless it is already saved or not finite."""
@@ -172,7 +187,20 @@ class CheckpointCallback(Callback):
         saved = self.checkpoints.save(step, state_arrays(state), meta, metrics=record)
         if saved:
             self.last_saved = step
+            self._last_save_time = time.monotonic()
         return saved
+
+    def _improves(self, record: Mapping) -> bool:
+        """Whether ``record`` holds the best ``best_metric`` so far (and remembers it)."""
+        value = record.get(self.best_metric) if self.best_metric else None
+        if value is None:
+            return False
+        lower = self.best_metric.endswith("loss")
+        better = (self._best_value is None
+                  or (value < self._best_value if lower else value > self._best_value))
+        if better:
+            self._best_value = value
+        return better
 
     def _check_guard(self, state, step) -> bool:
         if self.guard is not None and self.guard.requested and self.preempted_step is None:
@@ -201,7 +229,12 @@ class CheckpointCallback(Callback):
         epoch = step // self.steps_per_epoch
         due = ((self.every_epochs and epoch % self.every_epochs == 0)
                or (self.every_steps and step % self.every_steps == 0))
-        if due:
+        improves = self._improves(record)
+        recent = time.monotonic() - self._last_save_time < self.min_interval_seconds
+        if due and recent and not improves:
+            log.debug("not saving epoch %d: the last save is under %gs old", epoch,
+                      self.min_interval_seconds)
+        elif due:
             self.save(state, step, record)
         return self._check_guard(state, step) or None
 
