@@ -61,7 +61,9 @@ def main():
                   ["variant", "seeds", "mean %", "std", "min %", "max %", "per seed (0, 1, ...)",
                    "train s / run", "meets 99.0 mean, 98.3 min"],
                   rows, note=f"{args.dataset}, {args.epochs} epochs, 360 test images; "
-                             + C.environment_line())
+                             "train s / run: training time inside the sweep's process on a "
+                             "machine shared with other jobs (baseline.md has the whole "
+                             "command's wall time); " + C.environment_line())
 
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2))
