@@ -21,3 +21,24 @@ from jaxcnn.compilation_cache import enable_compilation_cache# noqa: E402
 enable_compilation_cache(os.environ["JAXCNN_COMPILATION_CACHE"])
 
 collect_ignore = ["jaxcnn/__main__.py", "experiments", "docs"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory):
+    """A tiny trained run on the digits (float images), with checkpoints; read-only.
+
+    Shared by the predict tests: one epoch of a 4-filter model, so that
+    ``jaxcnn predict --workdir`` has a real run directory to load.
+    """
+    from jaxcnn.config import Config, override
+    from jaxcnn.run import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("tiny_digits_run"))
+    cfg = override(Config(), {"model.name": "conv(4,3) maxpool(2) flatten softmax",
+                              "data.batch_size": 256, "data.validation_fraction": 0.0,
+                              "train.epochs": 1, "train.num_devices": 1})
+    train_and_evaluate(cfg, workdir, progress=False)
+    return workdir

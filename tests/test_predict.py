@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from jaxcnn.cli import EXIT_BAD_INPUT, main
-from jaxcnn.config import Config, override
 from jaxcnn.errors import DataError
 from jaxcnn.inference import MAX_IMAGE_PIXELS, read_inputs
 
@@ -26,17 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)  # the digits images the run below is trained on (float32 in [0, 1])
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny trained run on the digits (float images), with checkpoints."""
-    from jaxcnn.run import train_and_evaluate
-
-    workdir = str(tmp_path_factory.mktemp("run"))
-    cfg = override(Config(), {"model.name": "conv(4,3) maxpool(2) flatten softmax",
-                              "data.batch_size": 256, "data.validation_fraction": 0.0,
-                              "train.epochs": 1, "train.num_devices": 1})
-    train_and_evaluate(cfg, workdir, progress=False)
-    return workdir
+@pytest.fixture
+def run_dir(tiny_digits_run):
+    """A tiny trained run on the digits (float images), with checkpoints (conftest.py's ``tiny_digits_run``)"""
+    return tiny_digits_run
 
 
 def _predict_error(run_dir, path, capsys):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from jaxcnn.cli import main
-from jaxcnn.config import Config, override
 from jaxcnn.errors import DataError
 from jaxcnn.inference import (TrainingImages, input_warnings, load_inputs, predict_files,
                               report_lines)
@@ -24,17 +23,10 @@ DIGITS = TrainingImages.from_meta(
     scale=1.0, mean=[0.305], std=[0.376])
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny trained run on the digits, with checkpoints."""
-    from jaxcnn.run import train_and_evaluate
-
-    workdir = str(tmp_path_factory.mktemp("run"))
-    cfg = override(Config(), {"model.name": "conv(4,3) maxpool(2) flatten softmax",
-                              "data.batch_size": 256, "data.validation_fraction": 0.0,
-                              "train.epochs": 1, "train.num_devices": 1})
-    train_and_evaluate(cfg, workdir, progress=False)
-    return workdir
+@pytest.fixture
+def run_dir(tiny_digits_run):
+    """A tiny trained run on the digits, with checkpoints (conftest.py's ``tiny_digits_run``)"""
+    return tiny_digits_run
 
 
 @pytest.fixture(scope="module")
