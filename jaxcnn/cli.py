@@ -154,15 +154,18 @@ def _add_train_parser(sub) -> None:
         formatter_class=_HelpFormatter)
     _add_model_args(p, d("model.name"))
     p.add_argument("--dataset", metavar="NAME",
-                   help="dataset name: digits (offline), synthetic:HxWxC:K, a "
+                   help="dataset name: digits or digits28 (embedded, offline; digits28 is "
+                   "digits upsampled to 28x28), synthetic:HxWxC:K, a "
                    "tensorflow-datasets name (mnist, cifar10, ...; prepared with 'jaxcnn data "
                    "prepare'), idx:DIR (MNIST-format files) or npz:FILE " + d("data.dataset"))
     p.add_argument("--data-dir", metavar="DIR",
                    help="directory of prepared tfds datasets (default: $TFDS_DATA_DIR, "
                         "else ~/tensorflow_datasets; data.data_dir)")
     p.add_argument("--augment", choices=("auto", "on", "off"),
-                   help="random crop + flip on the device (auto: on for CIFAR-like colour "
-                        "images, off for digits) "
+                   help="random shifts (a crop after zero padding), and flips for colour "
+                        "images, on the device (auto: on for colour images of 24x24 and up "
+                        "and grey images below 24x24, such as digits; off for MNIST-size "
+                        "grey images) "
                         + d("data.augment", {None: "auto", True: "on", False: "off"}))
     p.add_argument("--epochs", type=int, metavar="N",
                    help="training epochs " + d("train.epochs"))
