@@ -177,6 +177,23 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--schedule", metavar="NAME",
                    help=f"learning-rate schedule: {', '.join(SCHEDULES)} "
                         + d("optimizer.schedule"))
+    p.add_argument("--warmup-steps", type=int, metavar="N",
+                   help="steps of linear (one_cycle: cosine) warm-up for the warmup_cosine, "
+                        "linear and one_cycle schedules " + d("optimizer.warmup_steps"))
+    p.add_argument("--momentum", type=float, metavar="M",
+                   help="momentum for sgd and rmsprop (0: none) " + d("optimizer.momentum"))
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum for sgd (needs --momentum) "
+                        + d("optimizer.nesterov", {False: "off", True: "on"}))
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="adamw's decoupled weight decay, on kernels only (not biases or "
+                        "normalisation parameters) " + d("optimizer.weight_decay"))
+    p.add_argument("--l2", type=float, metavar="L2",
+                   help="L2 penalty on kernels for any optimiser: L2 * w added to the gradient "
+                        "(PyTorch's weight_decay of SGD and Adam) " + d("optimizer.l2"))
+    p.add_argument("--label-smoothing", type=float, metavar="S",
+                   help="smooth the training targets' one-hot labels by S (0: none) "
+                        + d("train.label_smoothing"))
     p.add_argument("--seed", type=int, help="root random seed " + d("train.seed"))
     p.add_argument("--validation", type=float, metavar="FRACTION",
                    help="fraction of train held out for per-epoch validation "
@@ -247,11 +264,20 @@ def config_from_args(args: argparse.Namespace):
     ``--set`` and the flags. A flag and a ``--set`` of the same key (or two
     ``--set`` of one key) with different values raise
     :class:`~jaxcnn.errors.ConfigError` naming both, rather than one winning
-    silently.
+    silently. ``--weight-decay`` (adamw's decoupled decay) with another
+    optimiser is refused with a pointer to ``--l2``; the config field alone
+    is ignored there, as every config stores it.
+
+    Example:
+      >>> args = build_parser().parse_args(["train", "--optimizer", "sgd", "--momentum", "0.9",
+      ...                                   "--nesterov", "--l2", "5e-4"])
+      >>> o = config_from_args(args).optimizer
+      >>> (o.name, o.momentum, o.nesterov, o.l2)
+      ('sgd', 0.9, True, 0.0005)
     """
     import shlex
 
-    from jaxcnn.config import Config, override, parse_overrides
+    from jaxcnn.config import DECAY_OPTIMIZERS, Config, override, parse_overrides
     from jaxcnn.errors import ConfigError
 
     config = _read_config(args.config) if args.config else Config()
@@ -265,6 +291,12 @@ def config_from_args(args: argparse.Namespace):
         "optimizer.learning_rate": args.lr,
         "optimizer.name": args.optimizer,
         "optimizer.schedule": args.schedule,
+        "optimizer.warmup_steps": getattr(args, "warmup_steps", None),
+        "optimizer.momentum": getattr(args, "momentum", None),
+        "optimizer.nesterov": getattr(args, "nesterov", None),
+        "optimizer.weight_decay": getattr(args, "weight_decay", None),
+        "optimizer.l2": getattr(args, "l2", None),
+        "train.label_smoothing": getattr(args, "label_smoothing", None),
         "train.seed": args.seed,
         "data.validation_fraction": args.validation,
         "train.early_stopping_patience": args.early_stopping,
@@ -278,20 +310,28 @@ def config_from_args(args: argparse.Namespace):
     sets: dict = {}
     for item in args.set:
         (key, value), = parse_overrides([item]).items()
-        if key in sets and not _same_value(config, key, sets[key], value):
+        if key in sets and not _same_value(config, key, sets[key], value, {**updates, **sets}):
             raise ConfigError(f"{key} is set twice with different values: --set "
                               f"{shlex.quote(f'{key}={sets[key]}')} and --set "
                               f"{shlex.quote(f'{key}={value}')}; give it once")
         sets[key] = value
     for key in sorted(updates.keys() & sets.keys()):
-        if not _same_value(config, key, updates[key], sets[key]):
+        if not _same_value(config, key, updates[key], sets[key], {**updates, **sets}):
             dest = ("model" if args.model else "spec") if key == "model.name" else _FLAG_DEST[key]
-            flag = f"--{dest.replace('_', '-')} {shlex.quote(str(getattr(args, dest)))}"
+            value = getattr(args, dest)
+            flag = (f"--{'' if value else 'no-'}{dest}" if isinstance(value, bool)
+                    else f"--{dest.replace('_', '-')} {shlex.quote(str(value))}")
             raise ConfigError(f"{key} is given twice with different values: {flag} and --set "
                               f"{shlex.quote(f'{key}={sets[key]}')}; give one of them (drop the "
                               "flag or the --set)")
     updates.update(sets)
-    return override(config, updates)
+    config = override(config, updates)
+    if (getattr(args, "weight_decay", None) is not None
+            and config.optimizer.name not in DECAY_OPTIMIZERS):
+        raise ConfigError(f"--weight-decay is adamw's decoupled weight decay, not "
+                          f"{config.optimizer.name}'s; use --optimizer adamw, or --l2 for an L2 "
+                          f"penalty with {config.optimizer.name} (PyTorch's weight_decay)")
+    return config
 
 
 # The train flag that sets each config key (its attribute in the parsed arguments).
@@ -302,17 +342,26 @@ _FLAG_DEST = {
     "data.validation_fraction": "validation", "train.early_stopping_patience": "early_stopping",
     "train.num_devices": "num_devices", "model.dtype": "dtype", "model.impl": "impl",
     "train.micro_batches": "micro_batches", "train.reuse_host_memory": "reuse_host_memory",
+    "optimizer.warmup_steps": "warmup_steps", "optimizer.momentum": "momentum",
+    "optimizer.nesterov": "nesterov", "optimizer.weight_decay": "weight_decay",
+    "optimizer.l2": "l2",
+    "train.label_smoothing": "label_smoothing",
 }
 
 
-def _same_value(config, key: str, a, b) -> bool:
+def _same_value(config, key: str, a, b, context: dict | None = None) -> bool:
     """Whether two values for config ``key`` mean the same (``3`` and ``"3"``, ``1e-3`` and
-    ``"0.001"``), compared after the config's own conversion."""
+    ``"0.001"``), compared after the config's own conversion.
+
+    ``context`` holds the other updates of the command: checks across fields
+    (``optimizer.nesterov`` needs ``optimizer.name=sgd`` and momentum) see the
+    values they will be checked with."""
     from jaxcnn.config import override
 
     section, field = key.split(".")
-    return (getattr(getattr(override(config, {key: a}), section), field)
-            == getattr(getattr(override(config, {key: b}), section), field))
+    context = dict(context or {})
+    return (getattr(getattr(override(config, {**context, key: a}), section), field)
+            == getattr(getattr(override(config, {**context, key: b}), section), field))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

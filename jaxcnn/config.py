@@ -26,7 +26,10 @@ from jaxcnn import host_memory
 from jaxcnn.errors import ConfigError, did_you_mean
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "warmup_cosine", "step")
+SCHEDULES = ("constant", "warmup_cosine", "step", "linear", "one_cycle")
+# Optimisers that use ``optimizer.weight_decay`` (decoupled; ``optimizer.l2`` is for all).
+DECAY_OPTIMIZERS = ("adamw",)
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")
 
 
 # The largest seed: jax.random.key and NumPy's generators take 0 ... 2**63 - 1.
@@ -107,14 +110,42 @@ class OptimizerConfig:
       learning_rate: peak learning rate (> 0).
       b1, b2, eps: Adam's decay rates of the first and second moment
         estimates and its denominator constant.
-      momentum: momentum for ``sgd`` and ``rmsprop`` (0 for none).
-      nesterov: Nesterov momentum for ``sgd``.
+      momentum: momentum for ``sgd`` and ``rmsprop`` (0 for none). The Adam
+        family has its own (``b1``): a non-zero momentum with ``adam``,
+        ``adamw`` or ``adagrad`` is refused rather than ignored.
+      nesterov: Nesterov momentum for ``sgd``; needs ``momentum > 0`` (without
+        momentum it means nothing, so it is refused).
       rho: decay rate of ``rmsprop``'s squared-gradient average.
-      weight_decay: decoupled weight decay for ``adamw``.
-      schedule: ``constant``, ``warmup_cosine`` (linear warm-up for
+      weight_decay: decoupled weight decay of ``adamw`` (Loshchilov and
+        Hutter; optax's ``adamw``): each step subtracts
+        ``learning_rate * weight_decay * w`` beside the Adam step, so the
+        decay follows the schedule. It applies to kernels only (parameters
+        with 2 or more dimensions: conv and dense kernels), never to biases or
+        normalisation scales and offsets. Other optimisers ignore it; they
+        take ``l2``.
+      l2: an L2 penalty on kernels for any optimiser (0: none):
+        ``l2 * w`` is added to the gradient before the optimiser, so it goes
+        through momentum and Adam's moment estimates ("coupled" decay). This
+        is what the ``weight_decay`` argument of ``torch.optim.SGD`` and
+        ``torch.optim.Adam`` does, so PyTorch recipes' values carry over
+        (e.g. ``--optimizer sgd --momentum 0.9 --nesterov --l2 5e-4``). Kernels
+        only, like ``weight_decay``.
+      schedule: ``constant``, ``warmup_cosine`` (linear warm-up from 0 for
         ``warmup_steps`` then cosine decay to ``end_factor * learning_rate`` at
-        the end of training) or ``step`` (multiply by ``step_factor`` at each
-        fraction of training in ``step_boundaries``).
+        the end of training), ``linear`` (linear warm-up from 0 for
+        ``warmup_steps`` then linear decay to ``end_factor * learning_rate`` at
+        the end: the triangular schedule of fast CIFAR-10 recipes such as
+        airbench), ``one_cycle`` (Smith's one-cycle, as optax's
+        ``cosine_onecycle_schedule``: a cosine rise from ``learning_rate / 25``
+        over ``warmup_steps``, then a cosine fall to ``end_factor *
+        learning_rate``; pick ``warmup_steps`` near 0.3 of the run's steps, the
+        usual choice) or ``step`` (multiply by ``step_factor`` at each
+        fraction of training in ``step_boundaries``). With ``warmup_steps=0``
+        the warm-up schedules start at the peak rate.
+      warmup_steps: steps of warm-up (``warmup_cosine``, ``linear``,
+        ``one_cycle``); capped at the run's steps minus one.
+      end_factor: the final rate as a fraction of ``learning_rate``
+        (``warmup_cosine``, ``linear``, ``one_cycle``).
       grad_clip_norm: clip gradients to this global norm (None: no clipping).
 
     Example:
@@ -131,6 +162,7 @@ class OptimizerConfig:
     nesterov: bool = False
     rho: float = 0.9
     weight_decay: float = 1e-4
+    l2: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0
     end_factor: float = 0.0
@@ -150,7 +182,17 @@ class OptimizerConfig:
         _check(self.eps > 0, f"optimizer.eps must be > 0; got {self.eps}")
         _check(0 <= self.momentum < 1, f"optimizer.momentum must be in [0, 1); got {self.momentum}")
         _check(0 < self.rho < 1, f"optimizer.rho must be in (0, 1); got {self.rho}")
-        _check(self.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+        _check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0; got "
+               f"{self.weight_decay}")
+        _check(self.l2 >= 0, f"optimizer.l2 must be >= 0 (0: none); got {self.l2}")
+        _check(self.momentum == 0 or self.name in MOMENTUM_OPTIMIZERS,
+               f"optimizer.momentum applies to {' and '.join(MOMENTUM_OPTIMIZERS)}, not "
+               f"{self.name}; got momentum {self.momentum}. Adam's momentum is optimizer.b1 "
+               f"(--set optimizer.b1=0.9); drop --momentum or use --optimizer sgd")
+        _check(not self.nesterov or (self.name == "sgd" and self.momentum > 0),
+               "optimizer.nesterov needs optimizer.name sgd and optimizer.momentum > 0 "
+               f"(Nesterov is a kind of momentum); got name {self.name}, momentum "
+               f"{self.momentum}. Use it with --optimizer sgd --momentum 0.9, or drop --nesterov")
         _check(self.schedule in SCHEDULES,
                f"optimizer.schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         _check(self.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0")
@@ -159,6 +201,7 @@ class OptimizerConfig:
         _check(self.step_factor > 0, "optimizer.step_factor must be > 0")
         _check(self.grad_clip_norm is None or self.grad_clip_norm > 0,
                "optimizer.grad_clip_norm must be > 0 or None")
+        _check(self.end_factor >= 0, f"optimizer.end_factor must be >= 0; got {self.end_factor}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -651,7 +694,8 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 __all__ = [
-    "BEST_METRICS", "CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OPTIMIZERS",
+    "BEST_METRICS", "CheckpointConfig", "Config", "DataConfig",
+    "DECAY_OPTIMIZERS", "MOMENTUM_OPTIMIZERS", "ModelConfig", "OPTIMIZERS",
     "OptimizerConfig", "SCHEDULES", "TrainConfig", "MAX_COUNT", "MAX_SEED",
     "override", "parse_json", "parse_overrides",
 ]
