@@ -436,6 +436,22 @@ class CheckpointConfig:
 BEST_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
+def improves(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of a history metric beats ``best`` (None: nothing yet).
+
+    The one rule for every "best so far": a ``*loss`` is better when lower,
+    anything else (accuracies) when higher. Used by early stopping, the
+    checkpoint saver and the best-checkpoint ranking.
+
+    Example:
+      >>> improves("val_loss", 0.1, 0.2), improves("val_accuracy", 0.9, 0.95), improves("loss", 1.0, None)
+      (True, False, True)
+    """
+    if best is None:
+        return True
+    return value < best if metric.endswith("loss") else value > best
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run: model, optimiser, data, training and checkpoint settings.
@@ -694,7 +710,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 __all__ = [
-    "BEST_METRICS", "CheckpointConfig", "Config", "DataConfig",
+    "BEST_METRICS", "improves", "CheckpointConfig", "Config", "DataConfig",
     "DECAY_OPTIMIZERS", "MOMENTUM_OPTIMIZERS", "ModelConfig", "OPTIMIZERS",
     "OptimizerConfig", "SCHEDULES", "TrainConfig", "MAX_COUNT", "MAX_SEED",
     "override", "parse_json", "parse_overrides",

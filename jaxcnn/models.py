@@ -43,13 +43,14 @@ import math
 import os
 import re
 import unicodedata
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers as L
+from jaxcnn import provenance
 from jaxcnn.errors import ShapeError, SpecError, did_you_mean
 
 # ---------------------------------------------------------------------------
@@ -1015,10 +1016,7 @@ def memory_budget(device=None) -> tuple[int, str] | None:
       True
     """
     device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
-        stats = None
+    stats = provenance.device_memory_stats(device)
     if stats and stats.get("bytes_limit"):
         free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
         return free, f"the memory of {device.platform}:{device.id}"

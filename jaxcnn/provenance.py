@@ -16,7 +16,7 @@ import os
 import platform
 import subprocess
 
-__all__ = ["device_info", "git_commit", "versions"]
+__all__ = ["device_info", "device_memory_stats", "git_commit", "versions"]
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxcnn")
 
@@ -57,6 +57,28 @@ def device_info() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
     }
+
+
+def device_memory_stats(device=None) -> dict | None:
+    """The device's ``memory_stats()`` (``bytes_limit``, ``bytes_in_use``,
+    ``peak_bytes_in_use``, ...), or None where the backend reports none (the CPU).
+
+    The one place that asks: backends without memory statistics raise or
+    return None, and both mean "unknown" to every caller.
+
+    Example:
+      >>> stats = device_memory_stats()
+      >>> stats is None or isinstance(stats, dict)
+      True
+    """
+    import jax
+
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
+        return None
+    return dict(stats) if stats else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax
 
+from jaxcnn import provenance
+
 
 def available_memory_bytes(device=None) -> int | None:
     """Bytes a new computation can still allocate on a device (None if unknown).
@@ -16,10 +18,7 @@ def available_memory_bytes(device=None) -> int | None:
       True
     """
     device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        stats = None
+    stats = provenance.device_memory_stats(device)
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
     if device.platform != "cpu":
@@ -68,10 +67,7 @@ def compiled_memory_bytes(compiled) -> int | None:
 
 
 def _device_peak_bytes(device) -> int | None:
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001
-        return None
+    stats = provenance.device_memory_stats(device)
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 

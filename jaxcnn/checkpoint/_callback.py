@@ -15,6 +15,7 @@ import jax
 from jaxcnn.checkpoint._arrays import all_finite, state_arrays
 from jaxcnn.checkpoint._errors import CheckpointError
 from jaxcnn.checkpoint._store import Checkpoints
+from jaxcnn.config import improves
 from jaxcnn.errors import NonFiniteLossError
 from jaxcnn.training import Callback, TrainState
 
@@ -195,9 +196,7 @@ class CheckpointCallback(Callback):
         value = record.get(self.best_metric) if self.best_metric else None
         if value is None:
             return False
-        lower = self.best_metric.endswith("loss")
-        better = (self._best_value is None
-                  or (value < self._best_value if lower else value > self._best_value))
+        better = improves(self.best_metric, value, self._best_value)
         if better:
             self._best_value = value
         return better

@@ -35,7 +35,7 @@ from jaxcnn.checkpoint._arrays import (CHECKSUM, abstract_arrays, array_checksum
                                        checksum_mismatches)
 from jaxcnn.checkpoint._errors import CheckpointError
 from jaxcnn.checkpoint._workdir import MAX_STEP, bad_step_dirs, is_step_name
-from jaxcnn.config import CheckpointConfig
+from jaxcnn.config import CheckpointConfig, improves
 
 log = logging.getLogger("jaxcnn")
 
@@ -51,7 +51,7 @@ _UNCHECKED: set[str] = set()
 
 def _metric_fn(metric: str) -> Callable[[Mapping], float]:
     """Orbax ranks checkpoints by a score where higher is better."""
-    sign = -1.0 if metric.endswith("loss") else 1.0
+    sign = 1.0 if improves(metric, 1.0, 0.0) else -1.0  # lower-is-better metrics negated
 
     def score(metrics):
         value = (metrics or {}).get(metric)

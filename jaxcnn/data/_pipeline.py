@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import provenance
 from jaxcnn.errors import ConfigError
 
 # Tag folded into the data key to make the augmentation key; epochs use small
@@ -227,10 +228,7 @@ def device_memory_budget(device=None, fraction: float = 0.25,
     if budget_bytes is not None:
         return int(budget_bytes)
     device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
-        stats = None
+    stats = provenance.device_memory_stats(device)
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"] * fraction)
     return CPU_DEFAULT_BUDGET

@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.config import improves
 from jaxcnn.training._state import TrainState
 
 
@@ -84,8 +85,7 @@ class EarlyStopping(Callback):
         value = record.get(self.metric)
         if value is None:
             return False
-        better = self.best_value is None or (
-            value < self.best_value if self.metric.endswith("loss") else value > self.best_value)
+        better = improves(self.metric, value, self.best_value)
         if better:
             self.best_value, self.best_epoch, self.epochs_since = value, record.get("epoch"), 0
             if self.restore_best and state is not None:
