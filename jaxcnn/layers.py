@@ -1,7 +1,8 @@
 """The layers of a convolutional image classifier, as Flax linen modules.
 
 Every layer takes NHWC inputs and a keyword-only ``train`` flag where
-behaviour differs between training and evaluation (only :class:`Dropout`).
+behaviour differs between training and evaluation (:class:`Dropout` and
+:class:`BatchNorm`).
 Evaluation is the default: ``layer(x)`` never drops units.
 
 Names and arguments follow Keras, so a Keras model reads across directly:
@@ -68,10 +69,29 @@ def _activation(name: str | None, layer: str) -> Callable[[Array], Array] | None
     return ACTIVATIONS[key]
 
 
-def _padding(padding: str, layer: str) -> str:
-    if str(padding).lower() not in PADDINGS:
-        raise ShapeError(f"{layer}: padding must be 'valid' or 'same'; got {padding!r}")
-    return str(padding).upper()
+def _padding(padding, layer: str):
+    """``"SAME"``, ``"VALID"`` or explicit ``((top, bottom), (left, right))`` zero padding.
+
+    An int ``p`` pads ``p`` rows and columns on every side (PyTorch's ``padding=p``); a pair
+    ``(ph, pw)`` pads ``ph`` rows above and below and ``pw`` columns left and right.
+    """
+    if isinstance(padding, str):
+        if padding.lower() not in PADDINGS:
+            raise ShapeError(f"{layer}: padding must be 'valid', 'same' or an int; got "
+                             f"{padding!r}")
+        return padding.upper()
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pads = (padding, padding)
+    else:
+        try:
+            pads = tuple(padding)
+        except TypeError:
+            pads = ()
+    if len(pads) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                 for v in pads):
+        raise ShapeError(f"{layer}: padding must be 'valid', 'same', an int >= 0 or a pair of "
+                         f"them; got {padding!r}")
+    return ((pads[0], pads[0]), (pads[1], pads[1]))
 
 
 def _check_nhwc(x: Array, layer: str) -> None:
@@ -82,9 +102,11 @@ def _check_nhwc(x: Array, layer: str) -> None:
         )
 
 
-def _window_output(size: int, window: int, stride: int, padding: str) -> int:
+def _window_output(size: int, window: int, stride: int, padding, axis: int = 0) -> int:
     if padding == "SAME":
         return -(-size // stride)
+    if padding != "VALID":
+        size += sum(padding[axis])
     return (size - window) // stride + 1
 
 
@@ -92,14 +114,17 @@ def _check_window(x: Array, window, strides, padding: str, layer: str, what: str
     """Raises ShapeError when a window does not fit the feature map."""
     _check_nhwc(x, layer)
     h, w = x.shape[1], x.shape[2]
-    if padding == "VALID" and (window[0] > h or window[1] > w):
-        raise ShapeError(
-            f"{layer}: {what} {window[0]}x{window[1]} is larger than its input feature map "
-            f"{h}x{w} (input shape {tuple(x.shape)}, padding 'valid'). Use padding='same', a "
-            f"smaller {what}, fewer downsampling layers before it, or larger input images."
-        )
-    out = (_window_output(h, window[0], strides[0], padding),
-           _window_output(w, window[1], strides[1], padding))
+    if padding != "SAME":
+        ph, pw = (0, 0) if padding == "VALID" else (sum(padding[0]), sum(padding[1]))
+        if window[0] > h + ph or window[1] > w + pw:
+            shown = "'valid'" if padding == "VALID" else f"{padding[0][0]}x{padding[1][0]}"
+            raise ShapeError(
+                f"{layer}: {what} {window[0]}x{window[1]} is larger than its input feature map "
+                f"{h}x{w} (input shape {tuple(x.shape)}, padding {shown}). Use padding='same', "
+                f"a smaller {what}, fewer downsampling layers before it, or larger input images."
+            )
+    out = (_window_output(h, window[0], strides[0], padding, 0),
+           _window_output(w, window[1], strides[1], padding, 1))
     if min(out) < 1:
         raise ShapeError(f"{layer}: output would be empty ({out}) for input shape {tuple(x.shape)}")
 
@@ -118,8 +143,10 @@ class Conv2D(nn.Module):
       filters: number of output channels.
       kernel_size: ``k`` or ``(kh, kw)``.
       strides: ``s`` or ``(sh, sw)``.
-      padding: ``"valid"`` (no padding; output shrinks by ``k-1``) or ``"same"``
-        (zero padding so that output size = ``ceil(input / stride)``).
+      padding: ``"valid"`` (no padding; output shrinks by ``k-1``), ``"same"``
+        (zero padding so that output size = ``ceil(input / stride)``), or an int
+        ``p`` (a pair ``(ph, pw)``): ``p`` zero rows and columns on every side, as
+        PyTorch's ``padding=p``.
       activation: name of an activation (``"relu"``, ...) or None for linear.
       use_bias: add a learned bias per filter.
       kernel_init, bias_init: initialisers (Glorot uniform and zeros, as Keras).
@@ -137,7 +164,7 @@ class Conv2D(nn.Module):
     filters: int
     kernel_size: int | tuple[int, int]
     strides: int | tuple[int, int] = 1
-    padding: str = "valid"
+    padding: str | int | tuple[int, int] = "valid"
     activation: str | None = "relu"
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.glorot_uniform()
@@ -174,7 +201,7 @@ class Conv2D(nn.Module):
 class _Pool2D(nn.Module):
     pool_size: int | tuple[int, int] = 2
     strides: int | tuple[int, int] | None = None
-    padding: str = "valid"
+    padding: str | int | tuple[int, int] = "valid"
 
     def _geometry(self, x: Array):
         name = _layer_name(self)
@@ -194,7 +221,8 @@ class MaxPooling2D(_Pool2D):
     Attributes:
       pool_size: ``p`` or ``(ph, pw)``.
       strides: ``s`` or ``(sh, sw)``; None means ``pool_size``.
-      padding: ``"valid"`` or ``"same"``.
+      padding: ``"valid"``, ``"same"`` or an int (pair): rows and columns of ``-inf``
+        on every side.
       impl: ``"auto"``, ``"xla"`` or ``"fast"``: see :mod:`jaxcnn.ops`.
 
     Example:
@@ -302,6 +330,164 @@ class Dropout(nn.Module):
         return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
 
+class BatchNorm(nn.Module):
+    """Batch normalisation over every axis but the last (Ioffe and Szegedy, 2015).
+
+    Training (``train=True``) normalises each channel by the mean and variance
+    of the batch, ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, and
+    updates the running statistics in the ``"batch_stats"`` collection::
+
+        running = momentum * running + (1 - momentum) * batch_statistic
+
+    Evaluation (the default) normalises by the running statistics instead, so
+    a prediction does not depend on the rest of its batch. ``momentum=0.9``
+    is Flax's and Keras's default; PyTorch writes the same update with
+    ``momentum=0.1`` (its momentum is ``1 -`` ours). The running variance is the
+    biased batch variance, as in Flax and Keras (PyTorch keeps the unbiased one,
+    larger by ``n / (n - 1)``).
+
+    Statistics, the normalisation, ``scale`` and ``bias`` are computed in
+    float32 whatever the input dtype (the variance in two passes, which stays
+    accurate for inputs with a large mean); the output returns to the compute
+    dtype. Under ``jit`` with a batch sharded over several devices, the means
+    are over the global batch: XLA adds the cross-device sums.
+
+    Train with the collection mutable: ``y, updates = model.apply(variables, x,
+    train=True, mutable=["batch_stats"])``; :func:`jaxcnn.training.train_step`
+    does this and carries ``batch_stats`` in the train state.
+
+    Attributes:
+      momentum: weight of the old running value per update, in ``[0, 1)``.
+      epsilon: added to the variance, ``> 0``.
+      use_scale, use_bias: learn a per-channel scale (``gamma``, initialised to
+        1) and bias (``beta``, initialised to 0).
+      activation: applied after the normalisation (None: none).
+      axis_name: a mapped axis to average the statistics over (``shard_map`` or
+        ``pmap``; not needed under ``jit``).
+      dtype, param_dtype: output and parameter dtypes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> bn = BatchNorm()
+      >>> x = jnp.arange(8.0).reshape(4, 2)
+      >>> v = bn.init(jax.random.key(0), x)
+      >>> y, updates = bn.apply(v, x, train=True, mutable=["batch_stats"])
+      >>> [round(float(a), 3) for a in y[:, 0]]
+      [-1.342, -0.447, 0.447, 1.342]
+      >>> [round(float(a), 2) for a in updates["batch_stats"]["mean"]]
+      [0.3, 0.4]
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    activation: str | None = None
+    axis_name: str | None = None
+    scale_init: Callable = nn.initializers.ones_init()
+    bias_init: Callable = nn.initializers.zeros_init()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _check_rank(self, x: Array, name: str) -> None:
+        if x.ndim < 2:
+            raise ShapeError(f"{name}: expects (N, ..., C); got shape {tuple(x.shape)}")
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        name = _layer_name(self)
+        if not (isinstance(self.momentum, (int, float)) and not isinstance(self.momentum, bool)
+                and 0.0 <= self.momentum < 1.0):
+            raise ShapeError(f"{name}: momentum must be in [0, 1), e.g. 0.9 (PyTorch's 0.1); "
+                             f"got {self.momentum!r}")
+        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0):
+            raise ShapeError(f"{name}: epsilon must be > 0, e.g. 1e-5; got {self.epsilon!r}")
+        self._check_rank(x, name)
+        act = _activation(self.activation, name)
+        features = x.shape[-1]
+        mean_v = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        var_v = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                if not self.is_mutable_collection("batch_stats"):
+                    raise ShapeError(
+                        f"{name}: training updates the running statistics; call apply(..., "
+                        "train=True, mutable=['batch_stats']), or train=False to evaluate.")
+                m = jnp.float32(self.momentum)
+                mean_v.value = m * mean_v.value + (1 - m) * mean
+                var_v.value = m * var_v.value + (1 - m) * var
+        else:
+            mean, var = mean_v.value, var_v.value
+        mul = jax.lax.rsqrt(var + jnp.float32(self.epsilon))
+        if self.use_scale:
+            mul = mul * self.param("scale", self.scale_init, (features,),
+                                   self.param_dtype).astype(jnp.float32)
+        y = (x32 - mean) * mul
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (features,),
+                               self.param_dtype).astype(jnp.float32)
+        y = act(y) if act is not None else y
+        return y.astype(self.dtype or x.dtype)
+
+
+class BatchNorm2D(BatchNorm):
+    """:class:`BatchNorm` over ``(N, H, W, C)`` feature maps (Keras/PyTorch's 2-D form).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> BatchNorm2D().init(jax.random.key(0), jnp.ones((2, 4, 4, 8)))["batch_stats"]["var"].shape
+      (8,)
+    """
+
+    def _check_rank(self, x: Array, name: str) -> None:
+        if x.ndim != 4:
+            raise ShapeError(f"{name}: expects feature maps (N, H, W, C); got shape "
+                             f"{tuple(x.shape)}. Use BatchNorm1D after Flatten or Dense.")
+
+
+class BatchNorm1D(BatchNorm):
+    """:class:`BatchNorm` over ``(N, features)``, e.g. after a dense layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> BatchNorm1D().init(jax.random.key(0), jnp.ones((2, 16)))["params"]["scale"].shape
+      (16,)
+    """
+
+    def _check_rank(self, x: Array, name: str) -> None:
+        if x.ndim != 2:
+            raise ShapeError(f"{name}: expects (N, features); got shape {tuple(x.shape)}. Use "
+                             "BatchNorm2D on feature maps.")
+
+
+class Activation(nn.Module):
+    """An activation function as a layer (Keras's ``Activation``), e.g. after a residual add.
+
+    Attributes:
+      activation: its name (``"relu"``, ``"gelu"``, ...: :data:`ACTIVATIONS`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> Activation("relu").apply({}, jnp.array([-1.0, 2.0])).tolist()
+      [0.0, 2.0]
+    """
+
+    activation: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        act = _activation(self.activation, _layer_name(self))
+        return act(x) if act is not None else x
+
+
 class Flatten(nn.Module):
     """Flattens every axis but the batch axis: ``(N, H, W, C) -> (N, H*W*C)``.
 
@@ -376,6 +562,9 @@ class SoftmaxOutput(nn.Module):
 
     Attributes:
       num_classes: number of classes.
+      use_bias: add a learned bias per class.
+      scale: multiply the logits by this constant (airbench's output ``Mul(1/9)``:
+        a temperature fixed before training; 1: none).
       dtype, param_dtype: computation and parameter dtypes. Logits are always
         returned in float32, so the loss is computed in full precision.
 
@@ -388,6 +577,8 @@ class SoftmaxOutput(nn.Module):
     """
 
     num_classes: int
+    use_bias: bool = True
+    scale: float = 1.0
     kernel_init: Callable = nn.initializers.glorot_uniform()
     bias_init: Callable = nn.initializers.zeros_init()
     dtype: Any = None
@@ -396,6 +587,9 @@ class SoftmaxOutput(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         name = _layer_name(self)
+        if not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
+                and self.scale > 0):
+            raise ShapeError(f"{name}: scale must be a number > 0; got {self.scale!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ShapeError(f"{name}: num_classes must be an int >= 2; got {self.num_classes!r}")
         if x.ndim != 2:
@@ -403,10 +597,12 @@ class SoftmaxOutput(nn.Module):
                 f"{name}: expects (N, features); got shape {tuple(x.shape)}. Put a Flatten "
                 "or GlobalAvgPooling2D layer before the output layer."
             )
-        return _affine(self, x, self.num_classes, True).astype(jnp.float32)
+        logits = _affine(self, x, self.num_classes, self.use_bias).astype(jnp.float32)
+        return logits if self.scale == 1 else logits * jnp.float32(self.scale)
 
 
 __all__ = [
-    "ACTIVATIONS", "AvgPooling2D", "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPooling2D",
+    "ACTIVATIONS", "Activation", "AvgPooling2D", "BatchNorm", "BatchNorm1D", "BatchNorm2D",
+    "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPooling2D",
     "MaxPooling2D", "PADDINGS", "SoftmaxOutput",
 ]

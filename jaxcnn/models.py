@@ -129,6 +129,13 @@ class LayerSpec:
         """The spec text of this layer (the inverse of :func:`parse_spec`)."""
         name = _TEXT_NAME[self.kind]
         kwargs = self.kwargs()
+        if self.kind == "Residual":
+            inner = " ".join(s.text() for s in kwargs["body"])
+            if kwargs.get("shortcut"):
+                inner += ", shortcut=" + " ".join(s.text() for s in kwargs["shortcut"])
+            return f"residual({inner})"
+        if self.kind == "Activation" and kwargs.get("activation") in _ACTIVATION_LAYERS:
+            return kwargs["activation"]
         positional = []
         for key in _POSITIONAL[self.kind]:
             if key not in kwargs:
@@ -139,6 +146,9 @@ class LayerSpec:
 
 
 def _freeze(value):
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (nn.Module, LayerSpec)) for v in value):
+        return tuple(LayerSpec.of(v) for v in value)  # a block's layers
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -162,9 +172,16 @@ LAYER_TYPES: dict[str, type[nn.Module]] = {
         L.Dropout,
         L.Flatten,
         L.Dense,
+        L.BatchNorm,
+        L.BatchNorm2D,
+        L.BatchNorm1D,
+        L.Activation,
         L.SoftmaxOutput,
     )
-}
+}  # and Residual, defined below
+# Layers whose behaviour differs between training and evaluation: they take ``train=``.
+TAKES_TRAIN = ("Dropout", "BatchNorm", "BatchNorm2D", "BatchNorm1D", "Residual")
+_BATCH_NORMS = ("BatchNorm", "BatchNorm2D", "BatchNorm1D")
 # Arguments recorded even at their default value, because they make a spec readable.
 _ALWAYS = {"pool_size"}
 # Fields set for the whole model by Sequential, not per layer in a spec.
@@ -181,11 +198,20 @@ _ALIASES = {
     "flatten": "Flatten",
     "dense": "Dense", "linear": "Dense",
     "softmax": "SoftmaxOutput", "output": "SoftmaxOutput", "softmaxoutput": "SoftmaxOutput",
+    "bn": "BatchNorm", "batchnorm": "BatchNorm", "batch_norm": "BatchNorm",
+    "batchnormalization": "BatchNorm",
+    "bn2d": "BatchNorm2D", "batchnorm2d": "BatchNorm2D",
+    "bn1d": "BatchNorm1D", "batchnorm1d": "BatchNorm1D",
+    "act": "Activation", "activation": "Activation",
+    "residual": "Residual", "res": "Residual",
 }
+# A bare activation name is a layer too: ``relu`` is ``act(relu)``.
+_ACTIVATION_LAYERS = {name for name in L.ACTIVATIONS if name not in ("linear", "none")}
 _TEXT_NAME = {
     "Conv2D": "conv", "MaxPooling2D": "maxpool", "AvgPooling2D": "avgpool",
     "GlobalAvgPooling2D": "gap", "Dropout": "dropout", "Flatten": "flatten",
-    "Dense": "dense", "SoftmaxOutput": "softmax",
+    "Dense": "dense", "SoftmaxOutput": "softmax", "BatchNorm": "bn", "BatchNorm2D": "bn2d",
+    "BatchNorm1D": "bn1d", "Activation": "act", "Residual": "residual",
 }
 _POSITIONAL = {
     "Conv2D": ("filters", "kernel_size", "strides"),
@@ -196,9 +222,15 @@ _POSITIONAL = {
     "Flatten": (),
     "Dense": ("units", "activation"),
     "SoftmaxOutput": ("num_classes",),
+    "BatchNorm": ("momentum", "epsilon"),
+    "BatchNorm2D": ("momentum", "epsilon"),
+    "BatchNorm1D": ("momentum", "epsilon"),
+    "Activation": ("activation",),
+    "Residual": (),
 }
 _KEY_ALIASES = {"kernel": "kernel_size", "stride": "strides", "bias": "use_bias",
-                "act": "activation", "pool": "pool_size", "classes": "num_classes"}
+                "act": "activation", "pool": "pool_size", "classes": "num_classes",
+                "eps": "epsilon"}
 _SPEC_KEYS = {
     "Conv2D": ("filters", "kernel_size", "strides", "padding", "activation", "use_bias"),
     "MaxPooling2D": ("pool_size", "strides", "padding"),
@@ -207,7 +239,12 @@ _SPEC_KEYS = {
     "Dropout": ("rate",),
     "Flatten": (),
     "Dense": ("units", "activation", "use_bias"),
-    "SoftmaxOutput": ("num_classes",),
+    "SoftmaxOutput": ("num_classes", "use_bias", "scale"),
+    "BatchNorm": ("momentum", "epsilon", "use_scale", "use_bias", "activation"),
+    "BatchNorm2D": ("momentum", "epsilon", "use_scale", "use_bias", "activation"),
+    "BatchNorm1D": ("momentum", "epsilon", "use_scale", "use_bias", "activation"),
+    "Activation": ("activation",),
+    "Residual": ("body", "shortcut"),
 }
 
 # ---------------------------------------------------------------------------
@@ -305,14 +342,24 @@ def _value_problem(layer: str, key: str, value) -> str | None:
             return (f"{name}: {key} must be an int from 1 to {MAX_SIZE} or a pair of them "
                     "such as 3x3")
     elif key == "padding":
-        if not (isinstance(value, str) and value.lower() in L.PADDINGS):
-            return f"{name}: padding must be {' or '.join(L.PADDINGS)}"
+        sizes = value if isinstance(value, tuple) and len(value) == 2 else (value,)
+        if not ((isinstance(value, str) and value.lower() in L.PADDINGS)
+                or all(_is_int(v) and 0 <= v <= MAX_SIZE for v in sizes)):
+            return (f"{name}: padding must be {' or '.join(L.PADDINGS)}, an int from 0 to "
+                    f"{MAX_SIZE} or a pair of them")
+    elif key == "momentum":
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < 1):
+            return f"{name}: momentum must be a number in [0, 1), e.g. 0.9 (PyTorch's 0.1)"
+    elif key in ("epsilon", "scale"):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            return f"{name}: {key} must be a number > 0"
     elif key == "activation":
         if not (value is None or (isinstance(value, str) and value.lower() in L.ACTIVATIONS)):
             return f"{name}: activation must be one of {', '.join(L.ACTIVATIONS)}"
-    elif key == "use_bias":
+    elif key in ("use_bias", "use_scale"):
         if not (isinstance(value, bool) or (_is_int(value) and value in (0, 1))):
-            return f"{name}: use_bias must be true or false"
+            return f"{name}: {key} must be true or false"
     elif key == "rate":
         if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                 and 0 <= value < 1):
@@ -349,94 +396,167 @@ def parse_spec(text: str) -> list[LayerSpec]:
     if not isinstance(text, str) or not text.strip():
         raise SpecError("the model spec is empty; e.g. 'conv(32,3) maxpool(2) flatten softmax'")
     tokens = _tokenize(text)
-    specs: list[LayerSpec] = []
-    i = 0
-    while i < len(tokens):
-        kind, tok, pos = tokens[i]
-        if kind == "punct" and tok in ",>|;":
-            i += 1
-            continue
-        if kind != "ident":
-            raise SpecError(_point(text, pos, f"expected a layer name, found {_short(tok)!r}"))
-        layer = _ALIASES.get(tok.lower())
-        if layer is None:
-            raise SpecError(
-                _point(text, pos, f"unknown layer {_short(tok)!r}")
-                + f"\nknown layers: {', '.join(sorted(set(_TEXT_NAME.values())))}."
-                + did_you_mean(tok, {a: _TEXT_NAME[k] for a, k in _ALIASES.items()})
-            )
-        name = _TEXT_NAME[layer]
-        i += 1
-        args: dict[str, Any] = {}
-
-        def store(key: str, value, key_pos: int, value_pos: int, value_tok: str) -> None:
-            if key in args:
-                raise SpecError(_point(text, key_pos, f"{name}: {key} is given twice"))
-            problem = _value_problem(layer, key, value)
-            if problem:
-                raise SpecError(_point(text, value_pos, f"{problem}; got {_short(value_tok)}"))
-            args[key] = value
-
-        def missing_close(j: int) -> SpecError:
-            # The ')' belongs right after the last token of the arguments (token j - 1).
-            end = tokens[j - 1][2] + len(tokens[j - 1][1])
-            return SpecError(_point(text, end, f"missing ')' to close {name}("))
-
-        if i < len(tokens) and tokens[i][1] == "(":
-            i += 1
-            positional = list(_POSITIONAL[layer])
-            while i < len(tokens) and tokens[i][1] != ")":
-                akind, atok, apos = tokens[i]
-                if akind == "punct" and atok == ",":
-                    i += 1
-                    continue
-                if akind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
-                    key = _KEY_ALIASES.get(atok.lower(), atok.lower())
-                    if key not in _SPEC_KEYS[layer]:
-                        raise SpecError(
-                            _point(text, apos, f"{name} has no argument {_short(atok)!r}")
-                            + f"\nvalid arguments: {', '.join(_SPEC_KEYS[layer]) or '(none)'}."
-                            + did_you_mean(atok, {k: k for k in _SPEC_KEYS[layer]} | {
-                                a: k for a, k in _KEY_ALIASES.items() if k in _SPEC_KEYS[layer]})
-                        )
-                    if i + 2 >= len(tokens) or tokens[i + 2][0] == "punct":
-                        raise SpecError(_point(text, tokens[i + 1][2],
-                                               f"missing value for {_short(atok)}"))
-                    vkind, vtok, vpos = tokens[i + 2]
-                    store(key, _value(vkind, vtok, text, vpos), apos, vpos, vtok)
-                    i += 3
-                    continue
-                if akind == "punct":
-                    if atok in ">|;" or (atok == "(" and tokens[i - 1][0] == "ident"):
-                        # A separator, or the next layer's "(": the ")" was left out.
-                        raise missing_close(i - 1 if atok == "(" else i)
-                    raise SpecError(_point(text, apos, f"unexpected {atok!r}"))
-                value = _value(akind, atok, text, apos)
-                if akind == "ident" and atok.lower() in _ALIASES and not _ident_fits(layer, value):
-                    raise missing_close(i)  # the next layer's name
-                key = _positional_key(layer, value, positional, akind)
-                if key is None:
-                    raise SpecError(
-                        _point(text, apos, f"too many or unexpected arguments for {name}")
-                        + f"\npositional arguments: {', '.join(_POSITIONAL[layer]) or '(none)'}"
-                    )
-                store(key, value, apos, apos, atok)
-                i += 1
-            if i >= len(tokens):
-                raise SpecError(_point(text, len(text), f"missing ')' to close {name}("))
-            i += 1  # skip ")"
-        specs.append(_checked_spec(layer, args, text, pos))
+    specs, i = _parse_layers(text, tokens, 0, inside=None)
     if not specs:
         raise SpecError(f"the model spec {_short(text)!r} has no layers; e.g. "
                         "'conv(32,3) maxpool(2) flatten softmax'")
     return specs
 
 
+def _is_layer_name(tok: str) -> bool:
+    return tok.lower() in _ALIASES or tok.lower() in _ACTIVATION_LAYERS
+
+
+def _parse_layers(text: str, tokens: list, i: int, inside: str | None
+                  ) -> tuple[list[LayerSpec], int]:
+    """Parses layers from token ``i`` on; returns them and the index after the last.
+
+    At the top level (``inside`` None) it reads to the end; inside a block
+    (``inside`` is its name) it stops before that block's ``)`` or ``shortcut=``.
+    """
+    specs: list[LayerSpec] = []
+    while i < len(tokens):
+        kind, tok, pos = tokens[i]
+        if kind == "punct" and tok in ",>|;":
+            i += 1
+            continue
+        if inside is not None and (tok == ")" or (
+                kind == "ident" and tok.lower() == "shortcut" and i + 1 < len(tokens)
+                and tokens[i + 1][1] == "=")):
+            return specs, i
+        if kind != "ident":
+            raise SpecError(_point(text, pos, f"expected a layer name, found {_short(tok)!r}"))
+        if tok.lower() in _ACTIVATION_LAYERS and tok.lower() not in _ALIASES:
+            # A bare activation name: the layer act(name).
+            specs.append(LayerSpec("Activation", (("activation", tok.lower()),)))
+            i += 1
+            continue
+        layer = _ALIASES.get(tok.lower())
+        if layer is None:
+            names = {a: _TEXT_NAME[k] for a, k in _ALIASES.items()}
+            names.update({a: a for a in _ACTIVATION_LAYERS})
+            raise SpecError(
+                _point(text, pos, f"unknown layer {_short(tok)!r}")
+                + f"\nknown layers: {', '.join(sorted(set(_TEXT_NAME.values())))}, and "
+                "activations (relu, gelu, ...)."
+                + did_you_mean(tok, names)
+            )
+        i += 1
+        if layer == "Residual":
+            spec, i = _parse_residual(text, tokens, i, pos)
+            specs.append(spec)
+            continue
+        args, i = _parse_args(text, tokens, i, layer)
+        specs.append(_checked_spec(layer, args, text, pos))
+    return specs, i
+
+
+def _parse_residual(text: str, tokens: list, i: int, pos: int) -> tuple[LayerSpec, int]:
+    """``residual(LAYERS [, shortcut=LAYERS])`` from the token after ``residual``."""
+    if i >= len(tokens) or tokens[i][1] != "(":
+        raise SpecError(_point(text, pos, "residual needs its layers in parentheses, e.g. "
+                               "residual(conv(64, 3, padding=same) bn) relu"))
+    body, i = _parse_layers(text, tokens, i + 1, inside="residual")
+    if not body:
+        at = tokens[i][2] if i < len(tokens) else len(text)
+        raise SpecError(_point(text, at, "residual has no layers; give the block's layers, "
+                               "e.g. residual(conv(64, 3, padding=same) bn)"))
+    shortcut = None
+    if i < len(tokens) and tokens[i][1].lower() == "shortcut":
+        start = tokens[i][2]
+        shortcut, i = _parse_layers(text, tokens, i + 2, inside="residual")
+        if not shortcut:
+            at = tokens[i][2] if i < len(tokens) else len(text)
+            raise SpecError(_point(text, at, "shortcut= has no layers; give the projection, "
+                                   "e.g. shortcut=conv(128, 1, 2, none, bias=false) bn"))
+        if i < len(tokens) and tokens[i][1].lower() == "shortcut":
+            raise SpecError(_point(text, tokens[i][2], "residual: shortcut is given twice"))
+        del start
+    if i >= len(tokens):
+        raise SpecError(_point(text, len(text), "missing ')' to close residual("))
+    spec = LayerSpec("Residual", (("body", tuple(body)),)
+                     + ((("shortcut", tuple(shortcut)),) if shortcut else ()))
+    for where, layers in (("residual", body), ("shortcut", shortcut or ())):
+        for layer in layers:
+            if layer.kind == "SoftmaxOutput":
+                raise SpecError(_point(text, pos, f"the softmax output cannot be inside a "
+                                       f"{where}; put it last, after the blocks"))
+    return spec, i + 1  # skip ")"
+
+
+def _parse_args(text: str, tokens: list, i: int, layer: str) -> tuple[dict[str, Any], int]:
+    """A layer's ``(...)`` arguments from token ``i`` (if it is ``(``); returns them and
+    the index after ``)``."""
+    name = _TEXT_NAME[layer]
+    args: dict[str, Any] = {}
+
+    def store(key: str, value, key_pos: int, value_pos: int, value_tok: str) -> None:
+        if key in args:
+            raise SpecError(_point(text, key_pos, f"{name}: {key} is given twice"))
+        problem = _value_problem(layer, key, value)
+        if problem:
+            raise SpecError(_point(text, value_pos, f"{problem}; got {_short(value_tok)}"))
+        args[key] = value
+
+    def missing_close(j: int) -> SpecError:
+        # The ')' belongs right after the last token of the arguments (token j - 1).
+        end = tokens[j - 1][2] + len(tokens[j - 1][1])
+        return SpecError(_point(text, end, f"missing ')' to close {name}("))
+
+    if i < len(tokens) and tokens[i][1] == "(":
+        i += 1
+        positional = list(_POSITIONAL[layer])
+        while i < len(tokens) and tokens[i][1] != ")":
+            akind, atok, apos = tokens[i]
+            if akind == "punct" and atok == ",":
+                i += 1
+                continue
+            if akind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
+                key = _KEY_ALIASES.get(atok.lower(), atok.lower())
+                if key not in _SPEC_KEYS[layer]:
+                    if atok.lower() == "shortcut":
+                        raise missing_close(i)  # the enclosing residual's shortcut
+                    raise SpecError(
+                        _point(text, apos, f"{name} has no argument {_short(atok)!r}")
+                        + f"\nvalid arguments: {', '.join(_SPEC_KEYS[layer]) or '(none)'}."
+                        + did_you_mean(atok, {k: k for k in _SPEC_KEYS[layer]} | {
+                            a: k for a, k in _KEY_ALIASES.items() if k in _SPEC_KEYS[layer]})
+                    )
+                if i + 2 >= len(tokens) or tokens[i + 2][0] == "punct":
+                    raise SpecError(_point(text, tokens[i + 1][2],
+                                           f"missing value for {_short(atok)}"))
+                vkind, vtok, vpos = tokens[i + 2]
+                store(key, _value(vkind, vtok, text, vpos), apos, vpos, vtok)
+                i += 3
+                continue
+            if akind == "punct":
+                if atok in ">|;" or (atok == "(" and tokens[i - 1][0] == "ident"):
+                    # A separator, or the next layer's "(": the ")" was left out.
+                    raise missing_close(i - 1 if atok == "(" else i)
+                raise SpecError(_point(text, apos, f"unexpected {atok!r}"))
+            value = _value(akind, atok, text, apos)
+            if akind == "ident" and _is_layer_name(atok) and not _ident_fits(layer, value):
+                raise missing_close(i)  # the next layer's name
+            key = _positional_key(layer, value, positional, akind)
+            if key is None:
+                raise SpecError(
+                    _point(text, apos, f"too many or unexpected arguments for {name}")
+                    + f"\npositional arguments: {', '.join(_POSITIONAL[layer]) or '(none)'}"
+                )
+            store(key, value, apos, apos, atok)
+            i += 1
+        if i >= len(tokens):
+            raise SpecError(_point(text, len(text), f"missing ')' to close {name}("))
+        i += 1  # skip ")"
+    return args, i
+
+
 def _ident_fits(layer: str, value) -> bool:
     """Whether a bare identifier is a valid positional argument of ``layer``."""
     if layer in ("Conv2D", "MaxPooling2D", "AvgPooling2D") and value in L.PADDINGS:
         return True
-    return layer in ("Conv2D", "Dense") and _value_problem(layer, "activation", value) is None
+    return layer in ("Conv2D", "Dense", "Activation", *_BATCH_NORMS) and _value_problem(
+        layer, "activation", value) is None
 
 
 def _positional_key(layer: str, value, positional: list[str], kind: str) -> str | None:
@@ -446,7 +566,8 @@ def _positional_key(layer: str, value, positional: list[str], kind: str) -> str 
         if layer == "Conv2D" and (value is None or value in L.ACTIVATIONS):
             return "activation"
         return None
-    if kind == "ident" and layer == "Dense" and (value is None or value in L.ACTIVATIONS):
+    if kind == "ident" and layer in ("Dense", "Activation", *_BATCH_NORMS) and (
+            value is None or value in L.ACTIVATIONS):
         if "activation" in positional:
             positional.remove("activation")
         return "activation"
@@ -500,7 +621,8 @@ class Sequential(nn.Module):
       impl: convolution and pooling implementation (:mod:`jaxcnn.ops`).
 
     Call it as ``model.apply(variables, images, train=False)``; with
-    ``train=True`` pass ``rngs={"dropout": key}``.
+    ``train=True`` pass ``rngs={"dropout": key}`` (and, for a model with
+    batch normalisation, ``mutable=["batch_stats"]``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -520,10 +642,99 @@ class Sequential(nn.Module):
             x = x[..., None]
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        for name, spec in layer_names(self.layers):
-            layer = spec.build(name=name, dtype=self.dtype, impl=self.impl)
-            x = layer(x, train=train) if isinstance(layer, L.Dropout) else layer(x)
-        return x
+        return _run_layers(self.layers, x, train, self.dtype, self.impl)
+
+
+def _run_layers(specs: Iterable[LayerSpec], x: jax.Array, train: bool, dtype, impl: str,
+                prefix: str = "") -> jax.Array:
+    """Builds each spec's layer (inside the calling compact module) and applies it."""
+    for name, spec in layer_names(specs):
+        layer = spec.build(name=prefix + name, dtype=dtype, impl=impl)
+        x = layer(x, train=train) if spec.kind in TAKES_TRAIN else layer(x)
+    return x
+
+
+class Residual(nn.Module):
+    """A block with a skip connection: ``body(x) + shortcut(x)``.
+
+    The shortcut is the identity unless ``shortcut`` gives layers (a
+    projection, typically a strided 1x1 convolution and batch norm, when the
+    body changes the shape). The sum's activation, if any, is the next layer
+    (``relu`` in a ResNet). Spec text::
+
+        residual(conv(64, 3, padding=same, activation=none, use_bias=false) bn(relu)
+                 conv(64, 3, padding=same, activation=none, use_bias=false) bn) relu
+        residual(conv(128, 3, 2, padding=1, ...) bn(relu) ..., shortcut=conv(128, 1, 2, none) bn)
+
+    Attributes:
+      body: the block's layers (:class:`LayerSpec` or layer modules).
+      shortcut: the projection's layers; None: the identity.
+      dtype, impl: as :class:`Sequential` (set by it for the whole model).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> block = residual([L.Conv2D(4, 3, padding="same")], [L.Conv2D(4, 1, use_bias=False)])
+      >>> y, v = block.init_with_output(jax.random.key(0), jnp.ones((2, 8, 8, 3)))
+      >>> y.shape, sorted(v["params"])
+      ((2, 8, 8, 4), ['conv2d_1', 'shortcut_conv2d_1'])
+    """
+
+    body: tuple[LayerSpec, ...]
+    shortcut: tuple[LayerSpec, ...] | None = None
+    dtype: str | None = None
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        y = _run_layers(self.body, x, train, self.dtype, self.impl)
+        s = (_run_layers(self.shortcut, x, train, self.dtype, self.impl, "shortcut_")
+             if self.shortcut else x)
+        if y.shape != s.shape:
+            where = f"Residual '{self.name}'" if self.name else "Residual"
+            fix = (f"conv({y.shape[-1]}, 1, {max(1, s.shape[1] // max(y.shape[1], 1))}, none, "
+                   "bias=false) bn" if y.ndim == 4 and s.ndim == 4 else "dense(...)")
+            raise ShapeError(
+                f"{where}: the block's output {tuple(y.shape[1:])} and its "
+                f"{'shortcut' if self.shortcut else 'input (the identity shortcut)'} "
+                f"{tuple(s.shape[1:])} differ, so they cannot be added. Give the block a "
+                f"projection that matches, e.g. shortcut={fix}, or keep the body's shape.")
+        return y + s.astype(y.dtype)
+
+
+LAYER_TYPES["Residual"] = Residual
+
+
+def residual(body: Iterable["nn.Module | LayerSpec"],
+             shortcut: Iterable["nn.Module | LayerSpec"] | None = None) -> Residual:
+    """A :class:`Residual` block from layer modules or specs (the Python form of
+    ``residual(...)`` in spec text).
+
+    Example:
+      >>> block = residual([L.Conv2D(8, 3, padding="same"), L.BatchNorm()])
+      >>> LayerSpec.of(block).text()
+      'residual(conv(8, 3, padding=same) bn)'
+    """
+    body = tuple(LayerSpec.of(m) for m in body)
+    short = tuple(LayerSpec.of(m) for m in shortcut) if shortcut else None
+    return Residual(body, short)
+
+
+def has_batch_norm(model: "Sequential | Iterable[nn.Module | LayerSpec]") -> bool:
+    """Whether any layer of ``model`` (inside residual blocks too) is a batch norm.
+
+    Example:
+      >>> has_batch_norm(build_model("resnet18_cifar", 10)), has_batch_norm(build_model("seed_cnn", 10))
+      (True, False)
+    """
+    layers = model.layers if isinstance(model, Sequential) else model
+    for spec in (LayerSpec.of(layer) for layer in layers):
+        if spec.kind in _BATCH_NORMS:
+            return True
+        if spec.kind == "Residual":
+            kw = spec.kwargs()
+            if has_batch_norm(kw["body"]) or has_batch_norm(kw.get("shortcut") or ()):
+                return True
+    return False
 
 
 def layer_names(specs: Iterable[LayerSpec]) -> list[tuple[str, LayerSpec]]:
@@ -545,7 +756,8 @@ def layer_names(specs: Iterable[LayerSpec]) -> list[tuple[str, LayerSpec]]:
 
 def _snake(name: str) -> str:
     return {"Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "AvgPooling2D": "avg_pooling2d",
-            "GlobalAvgPooling2D": "global_avg_pooling2d"}.get(name) or re.sub(
+            "GlobalAvgPooling2D": "global_avg_pooling2d", "BatchNorm2D": "batch_norm2d",
+            "BatchNorm1D": "batch_norm1d"}.get(name) or re.sub(
                 r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -570,6 +782,110 @@ ZOO: dict[str, tuple[str, str]] = {
         "The CNN of Flax's linen MNIST example: 824,458 parameters on 28x28x1, 10 classes.",
     ),
 }
+
+
+def _conv_bn(filters: int, kernel: int, strides: int = 1, act: str | None = "relu",
+             padding: int | None = None) -> str:
+    """A bias-free convolution and batch norm (and activation): the unit of a ResNet."""
+    pad = kernel // 2 if padding is None else padding
+    stride = f", {strides}" if strides != 1 else ""
+    bn = f"bn({act})" if act else "bn"
+    return f"conv({filters}, {kernel}{stride}, none, padding={pad}, bias=false) {bn}"
+
+
+def resnet_spec(blocks: Sequence[int], *, bottleneck: bool, stem: str = "imagenet",
+                widths: Sequence[int] = (64, 128, 256, 512)) -> str:
+    """Spec text of a ResNet v1.5 (torchvision's layout: the stride on the 3x3 convolution).
+
+    Args:
+      blocks: residual blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18,
+        ``(3, 4, 6, 3)`` for ResNet-50.
+      bottleneck: 1x1-3x3-1x1 bottleneck blocks (4x wider output) instead of
+        two 3x3 convolutions.
+      stem: ``"imagenet"`` (7x7/2 convolution and 3x3/2 max-pool) or
+        ``"cifar"`` (one 3x3 convolution, no pool: for 32x32 images).
+      widths: the stages' widths (a bottleneck block outputs 4x its width).
+
+    Returns:
+      Spec text ending in ``gap softmax`` (the class count comes from the data).
+
+    Example:
+      >>> spec = resnet_spec((1, 1), bottleneck=False, stem="cifar", widths=(16, 32))
+      >>> summary(build_model(spec, 10), (32, 32, 3)).params
+      19994
+    """
+    if stem == "imagenet":
+        parts = [_conv_bn(widths[0], 7, 2, padding=3), "maxpool(3, 2, padding=1)"]
+    elif stem == "cifar":
+        parts = [_conv_bn(widths[0], 3)]
+    else:
+        raise SpecError(f"stem must be 'imagenet' or 'cifar'; got {stem!r}")
+    channels = widths[0]
+    for stage, (count, width) in enumerate(zip(blocks, widths)):
+        out = width * 4 if bottleneck else width
+        for b in range(count):
+            stride = 2 if stage > 0 and b == 0 else 1
+            if bottleneck:
+                body = [_conv_bn(width, 1), _conv_bn(width, 3, stride), _conv_bn(out, 1, act=None)]
+            else:
+                body = [_conv_bn(width, 3, stride), _conv_bn(width, 3, act=None)]
+            text = " ".join(body)
+            if stride != 1 or channels != out:
+                text += ", shortcut=" + _conv_bn(out, 1, stride, act=None)
+            parts.append(f"residual({text}) relu")
+            channels = out
+    parts.append("gap softmax")
+    return " ".join(parts)
+
+
+def cifar_speed_spec(widths: Sequence[int] = (64, 256, 256)) -> str:
+    """Spec text of airbench94's network (Jordan, 2024), without its whitening initialisation.
+
+    A 2x2 convolution of 24 filters with bias and GELU (airbench initialises it
+    from the data's patch covariance and freezes its weights; here it is an
+    ordinary trained layer), then three groups of conv 3x3 - max-pool 2 -
+    batch norm - GELU - conv 3x3 - batch norm - GELU (no conv biases; batch
+    norms without a learned scale, momentum 0.6 in our convention, epsilon
+    1e-12), a 3x3 max-pool, and a bias-free linear head whose logits are
+    scaled by 1/9. 1,971,640 parameters on 32x32x3 with 10 classes (airbench's
+    PyTorch model counts 1,152 more: its batch norms hold a frozen weight of ones,
+    which PyTorch counts as parameters; ``jaxcnn.compare`` builds the bias-only form).
+
+    Example:
+      >>> summary(build_model(cifar_speed_spec(), 10), (32, 32, 3)).params
+      1971640
+    """
+    bn = "bn(gelu, 0.6, 1e-12, use_scale=false)"
+    parts = ["conv(24, 2, none) gelu"]
+    for width in widths:
+        parts.append(f"conv({width}, 3, none, padding=same, bias=false) maxpool(2) {bn} "
+                     f"conv({width}, 3, none, padding=same, bias=false) {bn}")
+    parts.append(f"maxpool(3) flatten softmax(bias=false, scale={1 / 9!r})")
+    return " ".join(parts)
+
+
+ZOO.update({
+    "resnet18": (
+        resnet_spec((2, 2, 2, 2), bottleneck=False),
+        "ResNet-18 (He et al., 2016; torchvision's layout): 11,689,512 parameters on "
+        "224x224x3 with 1,000 classes.",
+    ),
+    "resnet50": (
+        resnet_spec((3, 4, 6, 3), bottleneck=True),
+        "ResNet-50 v1.5 (torchvision's layout, stride on the 3x3 convolution): 25,557,032 "
+        "parameters on 224x224x3 with 1,000 classes.",
+    ),
+    "resnet18_cifar": (
+        resnet_spec((2, 2, 2, 2), bottleneck=False, stem="cifar"),
+        "ResNet-18 with a 3x3 stem and no stem pool, for 32x32 images: 11,173,962 "
+        "parameters with 10 classes.",
+    ),
+    "cifar_speed": (
+        cifar_speed_spec(),
+        "airbench94's CIFAR-10 network without whitening init (see cifar_speed_spec): "
+        "conv-BatchNorm-GELU groups of 64/256/256.",
+    ),
+})
 DEFAULT_MODEL = "seed_cnn"
 
 
@@ -643,7 +959,8 @@ def build_model(
         if num_classes is None:
             raise SpecError("the output layer's number of classes is not known; write "
                             "'softmax(N)' or pass num_classes")
-        specs[-1] = LayerSpec("SoftmaxOutput", (("num_classes", int(num_classes)),))
+        specs[-1] = LayerSpec("SoftmaxOutput",
+                              (("num_classes", int(num_classes)), *specs[-1].args))
     elif num_classes is not None and out["num_classes"] != num_classes:
         raise SpecError(f"the spec's output layer has {out['num_classes']} classes but the data has "
                         f"{num_classes}; write 'softmax' to take the data's count")
@@ -666,6 +983,19 @@ def _check_layer_spec(spec: LayerSpec, index: int) -> None:
         problem = _value_problem(spec.kind, key, value) if key in _SPEC_KEYS[spec.kind] else None
         if problem:
             raise SpecError(f"layer {index + 1}: {problem}; got {_short(repr(value))}")
+    if spec.kind == "Residual":
+        for key in ("body", "shortcut"):
+            layers = args.get(key)
+            if layers is None and key == "shortcut":
+                continue
+            if not isinstance(layers, tuple) or not layers:
+                raise SpecError(f"layer {index + 1}: a residual block's {key} must be a "
+                                f"non-empty tuple of layer specs; got {_short(repr(layers))}")
+            for j, inner in enumerate(layers):
+                _check_layer_spec(inner, j)
+                if inner.kind == "SoftmaxOutput":
+                    raise SpecError(f"layer {index + 1}: the softmax output cannot be inside a "
+                                    "residual block; put it last")
 
 
 # ---------------------------------------------------------------------------
@@ -674,13 +1004,32 @@ def _check_layer_spec(spec: LayerSpec, index: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LayerRow:
-    """One row of a :class:`ModelSummary`: a layer's output shape, parameters, FLOPs."""
+    """One row of a :class:`ModelSummary`: a layer's output shape, parameters, FLOPs.
+
+    A residual block's row holds its layers' rows as ``children`` (its body,
+    then its shortcut's, named ``shortcut_...``); its own figures include them.
+    """
 
     name: str
     kind: str
     output_shape: tuple[int, ...]
     params: int
     flops: int
+    children: tuple["LayerRow", ...] = ()
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of the row (and its children)."""
+        out = {"name": self.name, "kind": self.kind, "output_shape": list(self.output_shape),
+               "params": self.params, "flops": self.flops}
+        if self.children:
+            out["children"] = [c.to_dict() for c in self.children]
+        return out
+
+    def lines(self, depth: int = 0) -> list[tuple[str, str, str, str]]:
+        """Table cells of this row and, indented, of its children."""
+        own = [("  " * depth + f"{self.name} ({self.kind})", str(self.output_shape),
+                f"{self.params:,}", _si(self.flops))]
+        return own + [cell for c in self.children for cell in c.lines(depth + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -713,14 +1062,12 @@ class ModelSummary:
             "input_shape": list(self.input_shape),
             "params": self.params,
             "flops_per_image": self.flops,
-            "layers": [dataclasses.asdict(r) | {"output_shape": list(r.output_shape)}
-                       for r in self.rows],
+            "layers": [r.to_dict() for r in self.rows],
         }
 
     def __str__(self) -> str:
         head = ("Layer (type)", "Output shape", "Params", "FLOPs")
-        body = [(f"{r.name} ({r.kind})", str(r.output_shape), f"{r.params:,}", _si(r.flops))
-                for r in self.rows]
+        body = [cells for r in self.rows for cells in r.lines()]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(4)]
         line = lambda row: "  ".join(  # noqa: E731
             c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -811,12 +1158,36 @@ def summary(model: Sequential, input_shape: Sequence[int], *, batch_size: int | 
             if too_small is None:
                 raise
             raise ShapeError(too_small) from None
-        params = sum(math.prod(p.shape) for p in jax.tree.leaves(variables))
-        rows.append(LayerRow(name, type(layer).__name__, tuple(y.shape[1:]), int(params),
-                             int(_flops(layer, x.shape[1:], y.shape[1:]))))
+        rows.append(_row(name, spec, layer, x, y, variables, model))
         memory.check(rows)
         x = jax.ShapeDtypeStruct(y.shape, jnp.float32)
     return ModelSummary(shape, tuple(rows))
+
+
+def _row(name: str, spec: LayerSpec, layer: nn.Module, x, y, variables, model) -> LayerRow:
+    """The summary row of one layer (shapes from ``jax.eval_shape``; batch statistics are
+    not parameters)."""
+    params = sum(math.prod(p.shape) for p in jax.tree.leaves(variables.get("params", {})))
+    children: tuple[LayerRow, ...] = ()
+    flops = _flops(layer, x.shape[1:], y.shape[1:])
+    if spec.kind == "Residual":
+        kw = spec.kwargs()
+        children = (_child_rows(kw["body"], x, model, "")
+                    + _child_rows(kw.get("shortcut") or (), x, model, "shortcut_"))
+        flops = sum(c.flops for c in children) + math.prod(y.shape[1:])  # and the add
+    return LayerRow(name, type(layer).__name__, tuple(y.shape[1:]), int(params), int(flops),
+                    children)
+
+
+def _child_rows(specs, x, model, prefix: str) -> tuple[LayerRow, ...]:
+    rows = []
+    for name, spec in layer_names(specs):
+        layer = spec.build(parent=None, name=prefix + name, dtype=model.dtype, impl=model.impl)
+        y, variables = jax.eval_shape(
+            lambda v, layer=layer: layer.init_with_output(jax.random.key(0), v), x)
+        rows.append(_row(prefix + name, spec, layer, x, y, variables, model))
+        x = jax.ShapeDtypeStruct(y.shape, jnp.float32)
+    return tuple(rows)
 
 
 def min_input_size(model: "Sequential | Iterable[nn.Module | LayerSpec]") -> tuple[int, int]:
@@ -841,20 +1212,38 @@ def min_input_size(model: "Sequential | Iterable[nn.Module | LayerSpec]") -> tup
       (10, 6)
     """
     layers = model.layers if isinstance(model, Sequential) else model
-    need = [1, 1]
-    for spec in reversed([LayerSpec.of(layer) for layer in layers]):
+    need = _input_need([LayerSpec.of(layer) for layer in layers], (1, 1))
+    return need[0], need[1]
+
+
+def _input_need(specs: Sequence[LayerSpec], need: tuple[int, int]) -> tuple[int, int]:
+    """The input size ``specs`` need to produce a ``need`` output (walking backwards)."""
+    for spec in reversed(specs):
+        if spec.kind == "Residual":
+            kw = spec.kwargs()
+            body = _input_need(kw["body"], need)
+            short = _input_need(kw.get("shortcut") or (), need)
+            need = (max(body[0], short[0]), max(body[1], short[1]))
+            continue
         if spec.kind not in ("Conv2D", "MaxPooling2D", "AvgPooling2D"):
             continue
         fields = {f.name: f.default for f in dataclasses.fields(LAYER_TYPES[spec.kind])}
         kw = {**fields, **spec.kwargs()}
         window = kw["kernel_size" if spec.kind == "Conv2D" else "pool_size"]
         strides = window if kw["strides"] is None else kw["strides"]
-        valid = str(kw["padding"]).lower() == "valid"
+        pad = kw["padding"]
+        out = list(need)
         for axis in (0, 1):
             w = int(window[axis] if isinstance(window, (tuple, list)) else window)
             s = int(strides[axis] if isinstance(strides, (tuple, list)) else strides)
-            need[axis] = (need[axis] - 1) * s + (w if valid else 1)
-    return need[0], need[1]
+            if isinstance(pad, str):
+                extra = w if pad.lower() == "valid" else 1
+            else:
+                p = int(pad[axis] if isinstance(pad, (tuple, list)) else pad)
+                extra = max(1, w - 2 * p)
+            out[axis] = (need[axis] - 1) * s + extra
+        need = (out[0], out[1])
+    return need
 
 
 # Datasets of larger images that a model too large for its input is offered:
@@ -1075,11 +1464,17 @@ def _flops(layer: nn.Module, in_shape, out_shape) -> int:
         return out * ph * pw
     if isinstance(layer, L.GlobalAvgPooling2D):
         return math.prod(in_shape)
+    if isinstance(layer, L.BatchNorm):  # evaluation: one multiply-add per element, and act
+        return out * (2 + int(layer.activation not in (None, "linear", "none")))
+    if isinstance(layer, L.Activation):
+        return out * int(layer.activation not in ("linear", "none"))
     return 0
 
 
 __all__ = [
-    "DEFAULT_MODEL", "LAYER_TYPES", "LayerRow", "LayerSpec", "ModelSummary", "Sequential", "ZOO",
-    "MAX_SIZE", "build_model", "layer_names", "memory_budget", "min_input_size", "model_spec",
+    "DEFAULT_MODEL", "LAYER_TYPES", "LayerRow", "LayerSpec", "ModelSummary", "Residual",
+    "Sequential", "TAKES_TRAIN", "ZOO", "MAX_SIZE", "build_model", "cifar_speed_spec",
+    "has_batch_norm",
+    "residual", "resnet_spec", "layer_names", "memory_budget", "min_input_size", "model_spec",
     "parse_spec", "summary", "to_spec",
 ]
