@@ -326,6 +326,9 @@ class TrainConfig:
         the compiled CPU step's temporary buffer is 32-64 MiB, which glibc
         would otherwise map afresh and page-fault through every step
         (:func:`jaxcnn.host_memory.reuse_host_memory_for`).
+      steps_per_call: ``auto`` or how many optimiser steps one compiled call
+        runs (a ``lax.scan``; results as one step per call).
+        ``auto`` is 1 (:func:`jaxcnn.training.resolve_steps_per_call`).
 
     Example:
       >>> TrainConfig(epochs=3).seed
@@ -342,6 +345,7 @@ class TrainConfig:
     num_devices: int | None = None
     micro_batches: int | str = "auto"
     reuse_host_memory: bool | str = "auto"
+    steps_per_call: int | str = "auto"
 
     def __post_init__(self):
         _check_numbers(self, "train")
@@ -368,6 +372,11 @@ class TrainConfig:
         _check(host_memory.is_host_memory_setting(self.reuse_host_memory),
                f"train.reuse_host_memory must be auto, true or false; got "
                f"{self.reuse_host_memory!r}")
+        _check(self.steps_per_call == "auto" or (
+            isinstance(self.steps_per_call, int) and not isinstance(self.steps_per_call, bool)
+            and self.steps_per_call >= 1),
+            f"train.steps_per_call must be 'auto' or an int >= 1 (1: one step per compiled "
+            f"call); got {self.steps_per_call!r}")
 
 
 @dataclasses.dataclass(frozen=True)

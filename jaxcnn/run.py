@@ -37,7 +37,7 @@ from jaxcnn.host_memory import host_memory_state, reuse_host_memory
 from jaxcnn.config import Config
 from jaxcnn.data import Dataset, Preprocess, fit_options, load_dataset
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteLossError
-from jaxcnn.models import Sequential, build_model, summary, to_spec
+from jaxcnn.models import Sequential, build_model, has_batch_norm, summary, to_spec
 from jaxcnn.training import (ExecutionPolicy, FitResult, TrainState, build_state, evaluate, fit,
                              resolve_policy, split_keys)
 
@@ -159,7 +159,7 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
     policy = resolve_policy(config.data.batch_size, impl=config.model.impl,
                             micro_batches=config.train.micro_batches,
                             host_memory=config.train.reuse_host_memory,
-                            num_devices=mesh.devices.size)
+                            num_devices=mesh.devices.size, batch_norm=has_batch_norm(model))
     summary(model, dataset.image_shape, batch_size=policy.images_per_call(  # memory for training
         config.data.batch_size) // policy.micro_batches // mesh.devices.size)
     steps_per_epoch = len(dataset.train) // config.data.batch_size
@@ -325,6 +325,7 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
                 log_every_seconds=config.train.log_every_seconds,
                 callbacks=callbacks, history=history, progress=progress,
                 policy=run.policy, label_smoothing=config.train.label_smoothing,
+                steps_per_call=config.train.steps_per_call,
                 **fit_options(config.data, run.dataset.image_shape))
         except NonFiniteLossError as e:
             # Say which checkpoint is on disk (the in-memory state dies with the process).

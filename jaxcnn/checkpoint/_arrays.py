@@ -20,7 +20,9 @@ from jaxcnn.training import TrainState
 
 
 def state_arrays(state: TrainState) -> dict[str, Any]:
-    """The arrays a checkpoint holds: ``{"step", "params", "opt_state"}``.
+    """The arrays a checkpoint holds: ``{"step", "params", "opt_state"}``, and
+    ``"batch_stats"`` for a model with batch norm (absent otherwise, so checkpoints
+    of other models keep the layout they always had).
 
     Example:
       >>> import optax
@@ -31,7 +33,10 @@ def state_arrays(state: TrainState) -> dict[str, Any]:
       >>> sorted(state_arrays(s))
       ['opt_state', 'params', 'step']
     """
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    arrays = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if state.batch_stats:
+        arrays["batch_stats"] = state.batch_stats
+    return arrays
 
 
 def with_arrays(state: TrainState, arrays: Mapping[str, Any]) -> TrainState:
@@ -47,7 +52,8 @@ def with_arrays(state: TrainState, arrays: Mapping[str, Any]) -> TrainState:
       5
     """
     return state.replace(step=arrays["step"], params=arrays["params"],
-                         opt_state=arrays["opt_state"])
+                         opt_state=arrays["opt_state"],
+                         batch_stats=arrays.get("batch_stats", state.batch_stats))
 
 
 def abstract_arrays(tree, sharding=None):

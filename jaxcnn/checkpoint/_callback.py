@@ -215,7 +215,13 @@ class CheckpointCallback(Callback):
         """Saves on a signal or every ``every_steps`` (epoch ends wait for the record)."""
         if self._check_guard(state, step):
             return True
-        if step % self.steps_per_epoch and self.every_steps and step % self.every_steps == 0:
+        # A multiple of every_steps passed since the last call (a call may run several
+        # steps: fit's steps_per_call); epoch ends save with their record instead.
+        previous, self._last_step = getattr(self, "_last_step", None), step
+        due = self.every_steps and (
+            step % self.every_steps == 0 if previous is None
+            else step // self.every_steps > previous // self.every_steps)
+        if step % self.steps_per_epoch and due:
             self.save(state, step)
         return None
 

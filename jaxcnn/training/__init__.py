@@ -36,17 +36,18 @@ from jaxcnn.training._evaluate import (compiled_eval, compiled_predict, evaluate
 from jaxcnn.training._fit import FitPlan, FitResult, fit, plan_fit
 from jaxcnn.training._optimizer import build_optimizer, learning_rate_schedule, make_optimizer
 from jaxcnn.training._policy import (ExecutionPolicy, jit_with, resolve_micro_batches,
-                                     resolve_policy)
+                                     resolve_policy, resolve_steps_per_call)
 from jaxcnn.training._program import TrainProgram
 from jaxcnn.training._state import (BuiltState, Keys, ModelApply, TrainState, build_state,
                                     create_train_state, split_keys)
-from jaxcnn.training._steps import accumulate_gradients, cross_entropy, eval_step, train_step
+from jaxcnn.training._steps import (accumulate_gradients, apply_update, cross_entropy, eval_step,
+                                    train_step)
 
 __all__ = [
     "BuiltState", "Callback", "EarlyStopping", "ExecutionPolicy", "FitPlan", "FitResult", "Keys",
     "ModelApply", "ProgressBar", "TrainProgram", "TrainState", "accumulate_gradients",
-    "build_optimizer", "build_state", "compiled_eval", "compiled_predict", "create_train_state", "cross_entropy", "eval_step",
+    "apply_update", "build_optimizer", "build_state", "compiled_eval", "compiled_predict", "create_train_state", "cross_entropy", "eval_step",
     "evaluate", "fit", "format_record", "jit_with", "learning_rate_schedule", "make_optimizer",
     "merge_metrics", "plan_fit", "predict", "resolve_micro_batches", "resolve_policy",
-    "split_keys", "train_step",
+    "resolve_steps_per_call", "split_keys", "train_step",
 ]

@@ -34,10 +34,10 @@ def eval_call(state, images, labels, mask, preprocess):
     return eval_step(state, {"image": preprocess(images), "label": labels, "mask": mask})
 
 
-def predict_call(params, images, apply_fn, preprocess):
+def predict_call(variables, images, apply_fn, preprocess):
     """The compiled call of :func:`predict` (and ``jaxcnn bench --what infer``):
-    class probabilities of stored images."""
-    logits = apply_fn({"params": params}, preprocess(images), train=False)
+    class probabilities of stored images. ``variables``: ``state.variables()``."""
+    logits = apply_fn(variables, preprocess(images), train=False)
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -160,5 +160,5 @@ def predict(
     out = []
     for start in range(0, n, batch_size):
         chunk = _pad(x[start:start + batch_size], batch_size)
-        out.append(predict_fn(state.params, chunk, state.apply_fn, preprocess))
+        out.append(predict_fn(state.variables(), chunk, state.apply_fn, preprocess))
     return np.concatenate(jax.device_get(out))[:n]

@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import sharding as shd
@@ -31,7 +32,7 @@ from jaxcnn.errors import ConfigError, NonFiniteLossError
 from jaxcnn.host_memory import reuse_host_memory_for
 from jaxcnn.training._callbacks import Callback, EarlyStopping, ProgressBar
 from jaxcnn.training._evaluate import evaluate
-from jaxcnn.training._policy import ExecutionPolicy, resolve_policy
+from jaxcnn.training._policy import ExecutionPolicy, resolve_policy, resolve_steps_per_call
 from jaxcnn.training._program import TrainProgram
 from jaxcnn.training._state import Keys, TrainState, model_impl
 
@@ -92,7 +93,8 @@ def plan_fit(state: TrainState, dataset: Dataset, *, batch_size: int, preprocess
              mesh=None, pipeline: str = "auto", augment: Augment | None = None,
              memory_budget: int | None = None, micro_batches: int | str = "auto",
              reuse_host_memory: bool | str = False,
-             policy: ExecutionPolicy | None = None, label_smoothing: float = 0.0) -> FitPlan:
+             policy: ExecutionPolicy | None = None, label_smoothing: float = 0.0,
+             steps_per_call: int | str = "auto") -> FitPlan:
     """Resolves a fit's plan; bad settings fail here, before any data moves.
 
     Arguments as :func:`fit`; ``policy`` (optional) replaces the one
@@ -121,7 +123,8 @@ def plan_fit(state: TrainState, dataset: Dataset, *, batch_size: int, preprocess
         shd.check_batch_size(batch_size, mesh)
     policy = policy or resolve_policy(batch_size, impl=model_impl(state),
                                       micro_batches=micro_batches, host_memory=reuse_host_memory,
-                                      num_devices=num_devices)
+                                      num_devices=num_devices,
+                                      batch_norm=bool(state.batch_stats))
     nbytes = dataset.train.images.nbytes + dataset.train.labels.nbytes
     mode = choose_pipeline(pipeline, nbytes, memory_budget if memory_budget is not None
                            else device_memory_budget() if pipeline == "auto" else 0)
@@ -129,7 +132,8 @@ def plan_fit(state: TrainState, dataset: Dataset, *, batch_size: int, preprocess
     sharding = shd.batch_sharding(mesh) if num_devices > 1 else None
     program = TrainProgram(policy, batch_size, preprocess,
                            steps_per_epoch if mode == "device" else None, augment, sharding,
-                           float(label_smoothing))
+                           float(label_smoothing),
+                           resolve_steps_per_call(steps_per_call, steps_per_epoch))
     return FitPlan(steps_per_epoch, mode, policy, place, sharding or place, program)
 
 
@@ -158,6 +162,9 @@ class _DeviceBatches:
     def next(self) -> tuple:
         return self._images, self._labels, self._perm
 
+    def next_many(self, k: int) -> tuple:
+        return self.next()  # each step of a multi-step call gathers its own batch
+
     def close(self) -> None:
         pass
 
@@ -179,6 +186,11 @@ class _StreamBatches:
 
     def next(self) -> tuple:
         return next(self._batches)
+
+    def next_many(self, k: int) -> tuple:
+        """``k`` batches stacked on a new leading axis (for a multi-step call)."""
+        batches = [next(self._batches) for _ in range(k)]
+        return tuple(jnp.stack(parts) for parts in zip(*batches))
 
     def close(self) -> None:
         self._feeder.close()
@@ -210,6 +222,7 @@ def fit(
     reuse_host_memory: bool | str = False,
     policy: ExecutionPolicy | None = None,
     label_smoothing: float = 0.0,
+    steps_per_call: int | str = "auto",
 ) -> FitResult:
     """Trains ``state`` on ``dataset.train`` for ``epochs`` epochs.
 
@@ -268,6 +281,11 @@ def fit(
       label_smoothing: smooth the training loss's one-hot targets by this
         much (:func:`~jaxcnn.training.cross_entropy`; 0: none). Validation
         and test losses are never smoothed.
+      steps_per_call: optimiser steps per compiled call (``lax.scan``; see
+        :class:`~jaxcnn.training.TrainProgram`), or ``"auto"``
+        (:func:`~jaxcnn.training.resolve_steps_per_call`). An epoch's last
+        ``steps_per_epoch % steps_per_call`` steps run one per call; step
+        callbacks run after each call, so every ``steps_per_call`` steps.
 
     Returns:
       A :class:`FitResult`.
@@ -295,8 +313,10 @@ def fit(
     plan = plan_fit(state, dataset, batch_size=batch_size, preprocess=preprocess, mesh=mesh,
                     pipeline=pipeline, augment=augment, memory_budget=memory_budget,
                     micro_batches=micro_batches, reuse_host_memory=reuse_host_memory,
-                    policy=policy, label_smoothing=label_smoothing)
+                    policy=policy, label_smoothing=label_smoothing,
+                    steps_per_call=steps_per_call)
     program, spe = plan.program, plan.steps_per_epoch
+    single = dataclasses.replace(program, steps_per_call=1)
     history = list(history or [])
     state = jax.device_put(state, plan.place)
     dropout_key = jax.device_put(keys.dropout, plan.place)
@@ -335,16 +355,21 @@ def fit(
                 if hasattr(cb, "on_epoch_start"):
                     cb.on_epoch_start(epoch, first, spe)
             t0 = time.perf_counter()
-            for _ in range(first, spe):
-                data = source.next()
+            index = first
+            while index < spe:
+                # K steps per call while K steps of the epoch remain, then one at a time.
+                k = program.steps_per_call if spe - index >= program.steps_per_call else 1
+                call = program if k == program.steps_per_call else single
+                data = source.next_many(k) if k > 1 else source.next()
                 if host_memory_pending:
                     # Compiles the step (the call below reuses it) to read its temporaries.
                     host_memory_pending = False
-                    lowered = program.lower(state, carry, data, dropout_key, aug_key)
+                    lowered = call.lower(state, carry, data, dropout_key, aug_key)
                     reuse_host_memory_for(lowered[0].compile(), plan.policy.host_memory)
-                state, carry = program.step(state, carry, data, dropout_key, aug_key)
+                state, carry = call.step(state, carry, data, dropout_key, aug_key)
                 del data
-                step += 1
+                step += k
+                index += k
                 if any([cb.on_step_end(state, step) for cb in callbacks]):
                     stopped = True
                     break

@@ -195,7 +195,7 @@ def resolve_chunks(batch_size: int, setting: int | str = "auto", impl: str = "au
 
 def resolve_policy(batch_size: int, *, impl: str = "auto", micro_batches: int | str = "auto",
                    host_memory: bool | str = False, num_devices: int = 1,
-                   backend: str | None = None) -> ExecutionPolicy:
+                   backend: str | None = None, batch_norm: bool = False) -> ExecutionPolicy:
     """The :class:`ExecutionPolicy` for training steps of ``batch_size`` images.
 
     Args:
@@ -206,6 +206,11 @@ def resolve_policy(batch_size: int, *, impl: str = "auto", micro_batches: int | 
       host_memory: ``train.reuse_host_memory``: ``"auto"``, True or False.
       num_devices: devices the batch is sharded over.
       backend: a JAX backend name; defaults to ``jax.default_backend()``.
+      batch_norm: the model normalises by batch statistics. Then ``"auto"``
+        runs the batch as one micro-batch in one call: splitting it would
+        normalise each part by its own statistics, and the model would train
+        differently on a CPU than on a GPU. An explicit ``micro_batches`` still
+        splits it (see :func:`~jaxcnn.training.accumulate_gradients`).
 
     Returns:
       The policy; a bad setting raises :class:`~jaxcnn.errors.ConfigError`
@@ -222,12 +227,38 @@ def resolve_policy(batch_size: int, *, impl: str = "auto", micro_batches: int | 
         raise ConfigError(f"reuse_host_memory must be 'auto', True or False; got "
                           f"{host_memory!r}")
     resolved = ops.resolve_impl(impl, backend)
+    if batch_norm and micro_batches == "auto":
+        micro_batches = 1
     chunks = resolve_chunks(batch_size, micro_batches, impl, num_devices=num_devices,
                             backend=backend)
     k = resolve_micro_batches(batch_size // chunks, micro_batches, impl, num_devices=num_devices,
                               backend=backend)
     options = tuple(sorted(ops.compiler_options(impl, backend).items()))
     return ExecutionPolicy(backend, resolved, options, k, chunks, host_memory)
+
+
+def resolve_steps_per_call(steps_per_call: int | str = "auto", steps_per_epoch: int | None = None,
+                           backend: str | None = None) -> int:
+    """Optimiser steps per compiled call (``train.steps_per_call``).
+
+    ``"auto"`` is 1 on every backend. On XLA's CPU backend a ``lax.scan`` over
+    convolution training steps compiled and ran slower than one call per step
+    (docs/benchmarks.md, "Steps per call"). On GPUs and TPUs JAX dispatches
+    asynchronously, so a step longer than the dispatch (tens of microseconds)
+    gains nothing; for smaller steps pass an int (``experiments/gpu_bench.sh``
+    measures 1 against 8). An int is capped at ``steps_per_epoch``.
+
+    Example:
+      >>> resolve_steps_per_call("auto", backend="cpu"), resolve_steps_per_call(8, 5)
+      (1, 5)
+    """
+    if steps_per_call == "auto":
+        return 1
+    if not (isinstance(steps_per_call, int) and not isinstance(steps_per_call, bool)
+            and steps_per_call >= 1):
+        raise ConfigError(f"steps_per_call must be 'auto' or an int >= 1; got "
+                          f"{steps_per_call!r}")
+    return min(steps_per_call, steps_per_epoch) if steps_per_epoch else steps_per_call
 
 
 def jit_with(fn: Callable, options: tuple[tuple[str, str], ...], **kwargs) -> Callable:

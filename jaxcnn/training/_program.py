@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxcnn.data import Augment, Preprocess, augment_batch
 from jaxcnn.training._policy import ExecutionPolicy, jit_with
-from jaxcnn.training._steps import accumulate_gradients, train_step
+from jaxcnn.training._steps import accumulate_gradients, apply_update, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,14 @@ class TrainProgram:
       augment: on-device augmentation, keyed by ``fold_in(aug_key, step)``.
       sharding: the batch's sharding over several devices (None: one device).
       label_smoothing: the training loss's label smoothing (0: none).
+      steps_per_call: optimiser steps per compiled call: a ``lax.scan`` over
+        ``steps_per_call`` of the one-step program, the same arithmetic as as many
+        single calls (each step gathers its own batch, keys and guard by
+        ``state.step``). With the gathering pipeline the steps must lie in one epoch
+        (one permutation); streaming, ``data`` holds that many batches stacked.
+        Removes per-step dispatch, which small models on accelerators pay; on
+        XLA's CPU backend a scan over convolution steps compiled and ran slower
+        (docs/benchmarks.md, "Steps per call").
 
     Example:
       >>> from jaxcnn.training import resolve_policy
@@ -57,6 +65,16 @@ class TrainProgram:
     augment: Augment | None = None
     sharding: Any = None
     label_smoothing: float = 0.0
+    steps_per_call: int = 1
+
+    def __post_init__(self):
+        k = self.steps_per_call
+        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            raise ValueError(f"steps_per_call must be an int >= 1; got {k!r}")
+        if k > 1 and self.policy.chunks > 1:
+            raise ValueError(
+                f"steps_per_call={k} cannot run a batch spread over {self.policy.chunks} calls "
+                "(chunks); use steps_per_call=1 or a batch that runs in one call")
 
     @property
     def streaming(self) -> bool:
@@ -81,6 +99,7 @@ class TrainProgram:
         if self.policy.chunks > 1:
             carry["grads"] = jax.tree.map(jnp.zeros_like, state.params)
             carry["stats"] = jnp.zeros((2,), jnp.float32)
+            carry["batch_stats"] = jax.tree.map(jnp.zeros_like, state.batch_stats)
         return carry if place is None else jax.device_put(carry, place)
 
     # -- one step ----------------------------------------------------------------------------
@@ -97,6 +116,9 @@ class TrainProgram:
           aug_key: the run's augmentation key (with ``augment``).
         """
         opts = self.policy.compiler_options
+        if self.steps_per_call > 1:
+            return jit_with(_train_calls, opts, donate_argnums=(0, 1), static_argnums=(5,))(
+                state, carry, data, key, aug_key, self)
         if self.policy.chunks == 1:
             return jit_with(_train_call, opts, donate_argnums=(0, 1), static_argnums=(5,))(
                 state, carry, data, key, aug_key, self)
@@ -112,6 +134,9 @@ class TrainProgram:
         For compile-time and memory figures, and to compare two programs.
         """
         opts = self.policy.compiler_options
+        if self.steps_per_call > 1:
+            return [jit_with(_train_calls, opts, donate_argnums=(0, 1), static_argnums=(5,))
+                    .lower(state, carry, data, key, aug_key, self)]
         if self.policy.chunks == 1:
             return [jit_with(_train_call, opts, donate_argnums=(0, 1), static_argnums=(5,))
                     .lower(state, carry, data, key, aug_key, self)]
@@ -179,23 +204,41 @@ def _train_call(state, carry, data, key, aug_key, program: TrainProgram):
     return state, {**carry, "acc": acc}
 
 
+def _train_calls(state, carry, data, key, aug_key, program: TrainProgram):
+    """``program.steps_per_call`` steps of :func:`_train_call` as one ``lax.scan``."""
+    one = dataclasses.replace(program, steps_per_call=1)
+    if program.streaming:  # data: the steps' batches, stacked
+        def body(c, batch):
+            return _train_call(*c, batch, key, aug_key, one), None
+        (state, carry), _ = jax.lax.scan(body, (state, carry), data)
+    else:  # each step gathers its batch from the epoch's permutation
+        def body(c, _):
+            return _train_call(*c, data, key, aug_key, one), None
+        (state, carry), _ = jax.lax.scan(body, (state, carry), None,
+                                         length=program.steps_per_call)
+    return state, carry
+
+
 def _chunk_call(state, carry, data, key, aug_key, chunk, program: TrainProgram):
     # Chunk c trains on exactly the images that rows [c*m, (c+1)*m) of the one-call
     # step would, augmented identically.
     m = program.policy.images_per_call(program.batch_size)
     xs, ys = _rows(state, data, aug_key, program, chunk * m, m)
     k = program.policy.micro_batches
-    grads, loss, correct = accumulate_gradients(
+    grads, loss, correct, batch_stats = accumulate_gradients(
         state, program.preprocess(xs), ys, jax.random.fold_in(key, state.step),
         total=program.batch_size, micro_batches=k, first_index=chunk * k, grads=carry["grads"],
         split=True, label_smoothing=program.label_smoothing)
     stats = carry["stats"] + jnp.stack([loss, correct.astype(jnp.float32)])
-    return {**carry, "grads": grads, "stats": stats}
+    batch_stats = jax.tree.map(jnp.add, carry["batch_stats"], batch_stats)
+    return {**carry, "grads": grads, "stats": stats, "batch_stats": batch_stats}
 
 
 def _apply_call(state, carry, program: TrainProgram):
-    new_state = state.apply_gradients(grads=carry["grads"])
+    new_state = apply_update(state, carry["grads"], carry["batch_stats"],
+                             program.policy.chunks * program.policy.micro_batches)
     loss, correct = carry["stats"][0], carry["stats"][1]
     state, acc = _guarded(state, new_state, carry["acc"], loss, correct / program.batch_size)
-    zeros = jax.tree.map(jnp.zeros_like, carry["grads"])
-    return state, {"acc": acc, "grads": zeros, "stats": jnp.zeros_like(carry["stats"])}
+    zeros = jax.tree.map(jnp.zeros_like, (carry["grads"], carry["batch_stats"]))
+    return state, {"acc": acc, "grads": zeros[0], "stats": jnp.zeros_like(carry["stats"]),
+                   "batch_stats": zeros[1]}

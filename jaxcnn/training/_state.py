@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,18 +23,41 @@ from jaxcnn.training._optimizer import build_optimizer
 
 
 class TrainState(train_state.TrainState):
-    """Step counter, parameters, optimiser and its state (Flax's ``TrainState``).
+    """Step counter, parameters, optimiser and its state (Flax's ``TrainState``),
+    and the model's running batch statistics.
 
-    ``apply_fn`` and ``tx`` are static; ``step``, ``params`` and ``opt_state``
-    are the arrays that checkpoints hold. ``step`` is an int32 array from the
-    start, so a fresh and a restored state have the same structure.
+    ``apply_fn`` and ``tx`` are static; ``step``, ``params``, ``opt_state`` and
+    ``batch_stats`` are the arrays that checkpoints hold. ``step`` is an int32
+    array from the start, so a fresh and a restored state have the same
+    structure. ``batch_stats`` is the model's ``"batch_stats"`` collection
+    (the running means and variances of its :class:`~jaxcnn.layers.BatchNorm`
+    layers), updated by every training step and used by evaluation; ``{}``
+    for a model without batch norm.
     """
+
+    batch_stats: Any = struct.field(default_factory=dict)
 
     @classmethod
     def create(cls, *, apply_fn, params, tx, **kwargs):
         """A state at step 0 with ``tx.init(params)`` as optimiser state."""
         state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
         return state.replace(step=jnp.zeros((), jnp.int32))
+
+    def variables(self, params=None) -> dict:
+        """The model's variables for ``apply_fn``: ``{"params": ..., "batch_stats": ...}``
+        (``params`` replaces the state's, e.g. inside a gradient).
+
+        Example:
+          >>> from jaxcnn.models import build_model
+          >>> s = create_train_state(build_model("conv(4, 3) bn flatten softmax", 2), (4, 4, 1),
+          ...                        optax.sgd(0.1), jax.random.key(0))
+          >>> sorted(s.variables()), sorted(s.batch_stats["batch_norm_1"])
+          (['batch_stats', 'params'], ['mean', 'var'])
+        """
+        out = {"params": self.params if params is None else params}
+        if self.batch_stats:
+            out["batch_stats"] = self.batch_stats
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +131,15 @@ def create_train_state(
       >>> int(state.step), sum(p.size for p in jax.tree.leaves(state.params))
       (0, 34826)
     """
-    params = _init_params(model, tuple(int(d) for d in input_shape), key)
-    return TrainState.create(apply_fn=ModelApply(model), params=params, tx=tx)
+    variables = _init_variables(model, tuple(int(d) for d in input_shape), key)
+    return TrainState.create(apply_fn=ModelApply(model), params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_params(model, input_shape, key):
-    return model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)["params"]
+def _init_variables(model, input_shape, key):
+    variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
 def model_impl(state) -> str:

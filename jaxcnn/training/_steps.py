@@ -93,17 +93,27 @@ def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array
       label_smoothing: the training loss's label smoothing (see
         :func:`cross_entropy`; 0: none).
 
+    Batch normalisation: each micro-batch is normalised by its own statistics
+    (as a batch split over several devices without cross-device statistics,
+    or PyTorch's gradient accumulation), and the running statistics returned
+    are the mean over the micro-batches of the value each would have set from
+    ``state.batch_stats``: one update per step of
+    ``momentum * running + (1 - momentum) * mean_i(batch_statistic_i)``. With
+    one micro-batch that is the whole batch's statistics.
+
     Returns:
-      ``(grads, loss_sum, correct)``: summed gradients, ``sum(loss) / total``
-      and the number of correct predictions of this call.
+      ``(grads, loss_sum, correct, batch_stats)``: summed gradients,
+      ``sum(loss) / total``, the number of correct predictions of this call,
+      and the summed running statistics of its micro-batches (divide by the
+      batch's micro-batch count; ``{}`` for a model without batch norm).
 
     Example:
       >>> from jaxcnn.models import build_model
       >>> from jaxcnn.training import create_train_state
       >>> s = create_train_state(build_model("flatten softmax", 2), (2, 2, 1),
       ...                        optax.adam(1e-2), jax.random.key(0))
-      >>> g, loss, correct = accumulate_gradients(s, jnp.ones((4, 2, 2, 1)), jnp.zeros(4, int),
-      ...                                         jax.random.key(1), total=4)
+      >>> g, loss, correct, stats = accumulate_gradients(
+      ...     s, jnp.ones((4, 2, 2, 1)), jnp.zeros(4, int), jax.random.key(1), total=4)
       >>> jax.tree.structure(g) == jax.tree.structure(s.params)
       True
     """
@@ -114,24 +124,30 @@ def accumulate_gradients(state: TrainState, images: jax.Array, labels: jax.Array
               jax.random.fold_in(step_key, first_index + i) if split else step_key)
              for i, (a, b) in enumerate(micro_batch_bounds(n, micro_batches))]
 
+    has_stats = bool(state.batch_stats)
+
     def loss_fn(params, x, y, k):
-        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k})
+        out = state.apply_fn(state.variables(params), x, train=True, rngs={"dropout": k},
+                             **({"mutable": ["batch_stats"]} if has_stats else {}))
+        logits, updates = out if has_stats else (out, {})
         # Summed over the micro-batch and divided by the whole batch: the
         # micro-batches' gradients add up to the gradient of the batch mean.
-        return cross_entropy(logits, y, label_smoothing).sum() / total, logits
+        loss = cross_entropy(logits, y, label_smoothing).sum() / total
+        return loss, (logits, updates.get("batch_stats", {}))
 
-    loss, correct = 0.0, 0
+    loss, correct, stats = 0.0, 0, None
     for x, y, k in parts:
         if grads is not None:
             # The next micro-batch starts once this one's gradient exists, so
             # XLA runs them one after the other rather than interleaved.
             grads, x = jax.lax.optimization_barrier((grads, x))
-        (part_loss, logits), part_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, x, y, k)
+        (part_loss, (logits, part_stats)), part_grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params, x, y, k)
         grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
+        stats = part_stats if stats is None else jax.tree.map(jnp.add, stats, part_stats)
         loss = loss + part_loss
         correct = correct + jnp.sum(jnp.argmax(logits, -1) == y)
-    return grads, loss, correct
+    return grads, loss, correct, stats
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
@@ -177,11 +193,31 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *,
       (1, ['accuracy', 'loss'])
     """
     n = batch["label"].shape[0]
-    grads, loss, correct = accumulate_gradients(
+    grads, loss, correct, stats = accumulate_gradients(
         state, batch["image"], batch["label"], jax.random.fold_in(key, state.step), total=n,
         micro_batches=micro_batches, label_smoothing=label_smoothing)
-    state = state.apply_gradients(grads=grads)
+    state = apply_update(state, grads, stats, micro_batches)
     return state, {"loss": loss, "accuracy": correct / n}
+
+
+def apply_update(state: TrainState, grads, stats_sum, count: int) -> TrainState:
+    """The optimiser update from summed gradients, and the running statistics from the
+    sum of ``count`` micro-batches' (their mean; see :func:`accumulate_gradients`).
+
+    Example:
+      >>> from jaxcnn.models import build_model
+      >>> from jaxcnn.training import create_train_state
+      >>> s = create_train_state(build_model("flatten softmax", 2), (2, 2, 1),
+      ...                        optax.sgd(0.1), jax.random.key(0))
+      >>> g = jax.tree.map(jnp.ones_like, s.params)
+      >>> int(apply_update(s, g, {}, 1).step)
+      1
+    """
+    state = state.apply_gradients(grads=grads)
+    if state.batch_stats:
+        scale = jnp.float32(1.0 / count)
+        state = state.replace(batch_stats=jax.tree.map(lambda v: v * scale, stats_sum))
+    return state
 
 
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
@@ -206,7 +242,7 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
       >>> int(m["count"])
       3
     """
-    logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
+    logits = state.apply_fn(state.variables(), batch["image"], train=False)
     mask = batch.get("mask")
     mask = jnp.ones(logits.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
     count = mask.sum()
