@@ -210,6 +210,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--micro-batches", metavar="K",
                    help="run each step as K micro-batches, one update (auto: 32-64 images "
                         "each on the CPU fast path; 1: off) " + d("train.micro_batches"))
+    p.add_argument("--steps-per-call", metavar="K",
+                   help="run K optimiser steps per compiled call (lax.scan; same results as "
+                        "one per call; auto: 1) " + d("train.steps_per_call"))
     p.add_argument("--reuse-host-memory", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step (glibc; auto: for a CPU "
                         "step with 32-64 MiB of temporaries) "
@@ -304,6 +307,7 @@ def config_from_args(args: argparse.Namespace):
         "model.dtype": args.dtype,
         "model.impl": args.impl,
         "train.micro_batches": getattr(args, "micro_batches", None),
+        "train.steps_per_call": getattr(args, "steps_per_call", None),
         "train.reuse_host_memory": _HOST_MEMORY.get(getattr(args, "reuse_host_memory", None)),
     }
     updates = {k: v for k, v in flags.items() if v is not None}
@@ -342,7 +346,7 @@ _FLAG_DEST = {
     "data.validation_fraction": "validation", "train.early_stopping_patience": "early_stopping",
     "train.num_devices": "num_devices", "model.dtype": "dtype", "model.impl": "impl",
     "train.micro_batches": "micro_batches", "train.reuse_host_memory": "reuse_host_memory",
-    "optimizer.warmup_steps": "warmup_steps", "optimizer.momentum": "momentum",
+    "train.steps_per_call": "steps_per_call", "optimizer.warmup_steps": "warmup_steps", "optimizer.momentum": "momentum",
     "optimizer.nesterov": "nesterov", "optimizer.weight_decay": "weight_decay",
     "optimizer.l2": "l2",
     "train.label_smoothing": "label_smoothing",
@@ -735,6 +739,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--micro-batches", default=str(d.micro_batches), metavar="K",
                    help="run each training step as K micro-batches, as `jaxcnn train` does "
                         "(auto: 32-64 images each on the CPU fast path; 1: off)")
+    p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, metavar="K",
+                   help="training steps per compiled call, as `jaxcnn train --steps-per-call` "
+                        "runs them (lax.scan); times are per step")
     p.add_argument("--reuse-host-memory", default="auto", choices=("auto", "on", "off"),
                    help="keep freed host memory for the next step, as `jaxcnn train` does "
                         "(glibc; auto: for a CPU step with 32-64 MiB of temporaries; "
@@ -810,7 +817,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         # An int where the text is one; BenchConfig refuses anything else but "auto".
         micro_batches=int(args.micro_batches) if args.micro_batches.isdigit()
         else args.micro_batches, learning_rate=args.lr, seed=args.seed,
-        compilation_cache=args.keep_compilation_cache,
+        steps_per_call=args.steps_per_call, compilation_cache=args.keep_compilation_cache,
         reuse_host_memory=_HOST_MEMORY[args.reuse_host_memory])
     # Everything that can fail is checked before the peak is measured and anything is
     # compiled or timed: the model against the input shape, the frameworks against the

@@ -57,6 +57,9 @@ class BenchConfig:
       learning_rate: Adam's learning rate (every framework uses it).
       label_smoothing: the training loss's label smoothing (default: that of
         ``jaxcnn train``, so the benchmark times its step).
+      steps_per_call: training steps per compiled call of ``jaxcnn train``'s
+        program (``lax.scan``, :class:`~jaxcnn.training.TrainProgram`); times
+        are reported per step. 1: one call per step.
       seed: seed of the parameters and the random batch.
       compilation_cache: keep JAX's persistent compilation cache on while
         compiling (the compile time may then be a cache read).
@@ -84,6 +87,7 @@ class BenchConfig:
     micro_batches: int | str = "auto"
     learning_rate: float = 1e-3
     label_smoothing: float = TrainConfig.label_smoothing
+    steps_per_call: int = 1
     seed: int = 0
     compilation_cache: bool = False
     reuse_host_memory: bool | str = False
@@ -115,6 +119,11 @@ class BenchConfig:
              f"reuse_host_memory must be auto, True or False; got {self.reuse_host_memory!r}"),
             (int(self.num_classes) >= 2, f"num_classes must be >= 2; got {self.num_classes}"),
             (int(self.steps) >= 1, f"steps must be >= 1; got {self.steps}"),
+            (isinstance(self.steps_per_call, int) and self.steps_per_call >= 1,
+             f"steps_per_call must be an int >= 1; got {self.steps_per_call!r}"),
+            (self.steps_per_call == 1 or (self.what == "train" and self.mode == "step"),
+             "steps_per_call > 1 times training steps (--what train, --mode step); "
+             "--mode scan already runs --steps steps per call"),
             (int(self.repeats) >= 1, f"repeats must be >= 1; got {self.repeats}"),
             (int(self.warmup) >= 0, f"warmup must be >= 0; got {self.warmup}"),
             (float(self.learning_rate) > 0, f"learning_rate must be > 0; got "

@@ -29,7 +29,7 @@ from jaxcnn.bench._peaks import Peak, device_peak
 from jaxcnn.bench._rows import _analytical_flops, _environment, _finish, _row_base
 from jaxcnn.config import OptimizerConfig
 from jaxcnn.data import Preprocess, resolve_augment
-from jaxcnn.models import build_model, summary, to_spec
+from jaxcnn.models import build_model, has_batch_norm, model_spec, summary, to_spec
 from jaxcnn.ops import paths, resolve_impl
 from jaxcnn.training import (ExecutionPolicy, TrainProgram, build_optimizer, compiled_eval,
                              compiled_predict, create_train_state, eval_step, resolve_policy,
@@ -95,7 +95,8 @@ def bench_policy(config: BenchConfig, batch_size: int) -> ExecutionPolicy:
       1
     """
     return resolve_policy(batch_size, impl=config.impl, micro_batches=config.micro_batches,
-                          host_memory=config.reuse_host_memory)
+                          host_memory=config.reuse_host_memory,
+                          batch_norm=has_batch_norm(model_spec(config.model)))
 
 
 def bench_data(config: BenchConfig, batch_size: int):
@@ -132,7 +133,8 @@ def train_program(config: BenchConfig, batch_size: int, preprocess: Preprocess) 
     """
     return TrainProgram(bench_policy(config, batch_size), batch_size, preprocess,
                         _BENCH_BATCHES, resolve_augment(None, config.input_shape),
-                        label_smoothing=float(config.label_smoothing))
+                        label_smoothing=float(config.label_smoothing),
+                        steps_per_call=config.steps_per_call)
 
 
 @dataclasses.dataclass
@@ -217,7 +219,7 @@ def _target(model, config: BenchConfig, batch_size: int) -> _Target:
         fn = compiled_predict(state)
 
         def args(x, y):
-            return (state.params, x, state.apply_fn, preprocess)
+            return (state.variables(), x, state.apply_fn, preprocess)
 
     def run(k):
         call_args = args(*data())
@@ -242,7 +244,7 @@ def _scan_target(state, model, config: BenchConfig, batch_size: int, key) -> _Ta
             return state, eval_step(state, batch)
     else:
         def one(state, batch):
-            return state, state.apply_fn({"params": state.params}, batch["image"], train=False)
+            return state, state.apply_fn(state.variables(), batch["image"], train=False)
 
     def scanned(state, batch):
         def body(carry, _):
@@ -292,7 +294,8 @@ def describe_paths(model, input_shape, *, train: bool = True) -> str:
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
 
     def apply(v, x):
-        return model.apply(v, x, train=train, rngs={"dropout": jax.random.key(0)})
+        return model.apply(v, x, train=train, rngs={"dropout": jax.random.key(0)},
+                           mutable=["batch_stats"] if train else False)
 
     by_op: dict[str, list[str]] = {}
     for op, path in paths(apply, variables, x):
@@ -365,6 +368,9 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
                timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                analytical_flops_per_step=_analytical_flops(s.flops, batch_size, config.what))
     row["framework_detail"] = (f"jax {row['versions'].get('jax')}, one jitted call per step"
+                               if config.mode == "step" and config.steps_per_call == 1 else
+                               f"jax {row['versions'].get('jax')}, {config.steps_per_call} "
+                               "steps per jitted call (jaxcnn train's lax.scan)"
                                if config.mode == "step" else
                                f"jax {row['versions'].get('jax')}, lax.scan of {config.steps} "
                                "steps per jitted call")
@@ -435,7 +441,7 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
         row.update(status="oom", error=f"out of memory while running: {str(e)[:300]}")
         return row
     row.update(status="ok", first_call_seconds=first)
-    _finish(row, per_call, 1 if config.mode == "step" else config.steps)
+    _finish(row, per_call, config.steps_per_call if config.mode == "step" else config.steps)
     device_peak_bytes = _device_peak_bytes(device)
     if device_peak_bytes is not None:
         row.update(peak_memory_bytes=device_peak_bytes,

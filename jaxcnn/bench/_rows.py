@@ -17,7 +17,7 @@ from jaxcnn.bench._peaks import Peak
 
 def _row_base(config: BenchConfig, batch_size: int) -> dict[str, Any]:
     keys = ("framework", "framework_version", "framework_detail", "model", "spec", "what",
-            "mode", "batch_size", "dtype", "impl", "impl_requested", "micro_batches", "chunks", "op_paths",
+            "mode", "batch_size", "dtype", "impl", "impl_requested", "micro_batches", "chunks", "steps_per_call", "op_paths",
             "compiler_options", "host_memory", "input_shape",
             "num_classes", "params", "status", "error", "round", "steps", "repeats", "warmup",
             "compile_seconds", "lower_seconds", "compilation_cache", "first_call_seconds",
@@ -31,7 +31,7 @@ def _row_base(config: BenchConfig, batch_size: int) -> dict[str, Any]:
     row.update(model=config.model, what=config.what, mode=config.mode, batch_size=batch_size,
                dtype=config.dtype, input_shape=list(config.input_shape),
                num_classes=config.num_classes, steps=config.steps, repeats=config.repeats,
-               warmup=config.warmup)
+               warmup=config.warmup, steps_per_call=config.steps_per_call)
     return row
 
 
