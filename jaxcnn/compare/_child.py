@@ -69,3 +69,29 @@ def pair(value) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         return int(value[0]), int(value[1])
     return int(value), int(value)
+
+
+def window_coverage(size: int, window: int, stride: int, before: int, out: int) -> list[float]:
+    """Per output position of one axis: the fraction of its pooling window inside the input.
+
+    An average pool over zero-padded input, divided by this (per axis, the
+    product of the two), is the average over the real positions only, which
+    jaxcnn (and XLA's 'same' average pool) takes; frameworks whose own pool
+    cannot leave such padding out rebuild it that way.
+
+    Args:
+      size: the input's length on this axis.
+      window, stride: the pool's on this axis.
+      before: the padding before the first element.
+      out: the number of output positions.
+
+    Example:
+      >>> window_coverage(4, 3, 2, 1, 2)  # windows [-1, 2) and [1, 4)
+      [0.6666666666666666, 1.0]
+    """
+    fractions = []
+    for i in range(out):
+        start = i * stride - before
+        inside = min(start + window, size) - max(start, 0)
+        fractions.append(max(inside, 0) / window)
+    return fractions

@@ -169,12 +169,20 @@ def check_param_counts(expected: int, counts: dict[str, int]) -> None:
         raise ComparisonError(
             f"parameter counts differ: jaxcnn has {expected}, {detail}; the models are not the "
             "same architecture, so the comparison will not run. Use layers every framework "
-            "builds identically (conv, maxpool, avgpool, gap, dropout, flatten, dense, softmax) "
+            "builds identically (conv, maxpool, avgpool, gap, dropout, flatten, dense, bn, "
+            "activations, residual, softmax) "
             "or leave out --compare")
 
 
 def request_layers(model, input_shape: Sequence[int]) -> list[dict[str, Any]]:
     """Describes a jaxcnn model layer by layer for another framework.
+
+    Every architectural argument is spelled out, defaults included, so an
+    adapter never has to know jaxcnn's defaults (that Conv2D applies ReLU,
+    that BatchNorm's momentum is Flax's 0.9, that the output has a bias).
+    A :class:`~jaxcnn.models.Residual` block is described recursively: its
+    dict has ``"body"`` (a list of layer dicts like these) and ``"shortcut"``
+    (another list, or None for the identity), and empty ``args``.
 
     Args:
       model: a :class:`jaxcnn.models.Sequential`.
@@ -182,7 +190,9 @@ def request_layers(model, input_shape: Sequence[int]) -> list[dict[str, Any]]:
 
     Returns:
       One dict per layer: ``kind`` and ``args`` (the :class:`LayerSpec`),
-      ``input_shape`` and ``output_shape`` (per image, HWC) and ``params``.
+      ``input_shape`` and ``output_shape`` (per image, HWC) and ``params``
+      (trainable parameters only: batch statistics are not counted); plus
+      ``body`` and ``shortcut`` for a residual block.
 
     Example:
       >>> from jaxcnn.models import build_model
@@ -191,28 +201,58 @@ def request_layers(model, input_shape: Sequence[int]) -> list[dict[str, Any]]:
       [('Conv2D', [4, 4, 4], 40), ('Flatten', [64], 0), ('SoftmaxOutput', [3], 195)]
       >>> layers[0]["args"]["activation"], layers[0]["args"]["padding"]
       ('relu', 'valid')
+      >>> block = request_layers(build_model("residual(conv(4, 1, none) bn) gap softmax", 2),
+      ...                        (5, 5, 4))[0]
+      >>> [(l["kind"], l["params"]) for l in block["body"]], block["shortcut"], block["params"]
+      ([('Conv2D', 20), ('BatchNorm', 8)], None, 28)
+      >>> sorted(block["body"][1]["args"].items())  # doctest: +NORMALIZE_WHITESPACE
+      [('activation', None), ('epsilon', 1e-05), ('momentum', 0.9), ('use_bias', True),
+       ('use_scale', True)]
     """
-    from jaxcnn.models import LAYER_TYPES, summary
+    from jaxcnn.models import summary
 
     s = summary(model, input_shape)
-    shape = list(s.input_shape)
+    return _describe(model.layers, s.rows, list(s.input_shape))
+
+
+# The arguments that shape the computation (and so must be rebuilt identically);
+# the rest (dtype, impl, initialisers) are jaxcnn's business.
+_ARCH_ARGS = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias",
+              "pool_size", "rate", "units", "num_classes", "momentum", "epsilon", "use_scale",
+              "scale")
+
+
+def _describe(specs, rows, shape: list[int]) -> list[dict[str, Any]]:
+    """The layer dicts of ``specs``, whose summary rows are ``rows``, from an input ``shape``.
+
+    A residual block's row lists its body's rows and then its shortcut's as
+    ``children``; both branches start from the block's input.
+    """
+    from jaxcnn.models import LAYER_TYPES
+
     out = []
-    for spec, row in zip(model.layers, s.rows):
-        # Every argument is spelled out (defaults included), so an adapter
-        # never has to know jaxcnn's defaults, e.g. that Conv2D applies ReLU.
-        args = {f.name: f.default for f in dataclasses.fields(LAYER_TYPES[spec.kind])
-                if f.name in _ARCH_ARGS and f.default is not dataclasses.MISSING}
-        args.update(spec.args)
-        out.append({"kind": spec.kind,
-                    "args": {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
-                    "input_shape": shape, "output_shape": list(row.output_shape),
-                    "params": row.params})
+    for spec, row in zip(specs, rows):
+        entry: dict[str, Any] = {"kind": spec.kind, "args": {}, "input_shape": shape,
+                                 "output_shape": list(row.output_shape), "params": row.params}
+        if spec.kind == "Residual":
+            kw = spec.kwargs()
+            body, shortcut = tuple(kw["body"]), tuple(kw.get("shortcut") or ())
+            children = tuple(row.children)
+            if len(children) != len(body) + len(shortcut):
+                raise ComparisonError(
+                    f"the summary of residual block {row.name!r} has {len(children)} layers, "
+                    f"its spec {len(body) + len(shortcut)}; cannot describe it")
+            entry["body"] = _describe(body, children[:len(body)], shape)
+            entry["shortcut"] = (_describe(shortcut, children[len(body):], shape)
+                                 if shortcut else None)
+        else:
+            args = {f.name: f.default for f in dataclasses.fields(LAYER_TYPES[spec.kind])
+                    if f.name in _ARCH_ARGS and f.default is not dataclasses.MISSING}
+            args.update(spec.args)
+            entry["args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+        out.append(entry)
         shape = list(row.output_shape)
     return out
-
-
-_ARCH_ARGS = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias",
-              "pool_size", "rate", "units", "num_classes")
 
 
 def run_framework(framework: str, request: dict[str, Any], *, python: str | None = None,
