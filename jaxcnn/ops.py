@@ -409,13 +409,33 @@ def _xla_max_pool(x, window, strides, padding):
 #   are few channels) with the output gradient; the input gradient stays
 #   XLA's transposed convolution.
 #
-# Wider convolutions stay on XLA's kernels: shifted-matmul and im2col weight
-# gradients measured slower there (docs/benchmarks.md, "The CPU fast path").
+# Wider convolutions keep XLA's forward and input gradient; shifted-matmul and
+# im2col weight gradients measured slower there (docs/benchmarks.md, "The CPU
+# fast path"). But XLA's CPU weight-gradient convolution slows down sharply as
+# the batch grows: a 3x3 64->64 layer on 32x32 maps ran at about 1 GFLOP/s for
+# 128 images and 6-10x that for 4-8 images at a time (a ResNet's first stage).
+# The fast path then computes the weight gradient as a sum over batch chunks of
+# at most _DW_CHUNK_ELEMENTS input elements each (about 1 MiB in float32, where
+# the chunks measured fastest from 64 to 512 channels): the same sum over the
+# batch, in another order.
 
 # The stacked shifts hold KH*KW*C_in columns per output pixel; up to 4 input
 # channels that beat XLA's weight-gradient convolution 2x (1 and 3 channels,
 # 28x28 and 32x32 images); at 8 and more it lost 2-3x.
 _FAST_MAX_CIN = 4
+_DW_CHUNK_ELEMENTS = 2**18
+
+
+def dw_chunk_images(x_shape) -> int:
+    """Images per chunk of the fast path's weight gradient for inputs of ``x_shape``
+    (the whole batch when it is small enough: then nothing is chunked).
+
+    Example:
+      >>> dw_chunk_images((128, 32, 32, 64)), dw_chunk_images((32, 13, 13, 32))
+      (4, 32)
+    """
+    per_image = max(1, int(np.prod(x_shape[1:])))
+    return int(min(x_shape[0], max(1, _DW_CHUNK_ELEMENTS // per_image)))
 
 
 def _conv_pads(x_hw, k_hw, strides, padding):
@@ -463,8 +483,6 @@ def conv2d_path(x_shape, kernel_shape, *, strides=(1, 1), padding="VALID", dilat
         return "xla"
     if len(x_shape) != 4 or len(kernel_shape) != 4 or x_shape[3] != kernel_shape[2]:
         return "xla"
-    if x_shape[3] > _FAST_MAX_CIN:
-        return "xla"
     if tuple(dilation) != (1, 1) or min(strides) < 1:
         return "xla"
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -475,6 +493,8 @@ def conv2d_path(x_shape, kernel_shape, *, strides=(1, 1), padding="VALID", dilat
     for size, k, (lo, hi) in zip(x_shape[1:3], kernel_shape[:2], pads):
         if size + lo + hi < k:
             return "xla"
+    if x_shape[3] > _FAST_MAX_CIN and dw_chunk_images(x_shape) >= x_shape[0]:
+        return "xla"  # a wide layer on a batch small enough for XLA's weight gradient
     return "fast"
 
 
@@ -639,8 +659,35 @@ def _fast_conv_bwd(strides, pads, res, dy):
 _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _chunked_dw_conv(x, kernel, strides, pads, chunk):
+    return _xla_conv2d(x, kernel, strides=strides, padding=pads)
+
+
+def _chunked_dw_conv_fwd(x, kernel, strides, pads, chunk):
+    return _xla_conv2d(x, kernel, strides=strides, padding=pads), (x, kernel)
+
+
+def _chunked_dw_conv_bwd(strides, pads, chunk, res, dy):
+    x, kernel = res
+    dx = _conv_dx(x.shape, kernel, dy, strides, pads)
+    dw = None
+    for start in range(0, x.shape[0], chunk):
+        stop = min(start + chunk, x.shape[0])
+        _, vjp = jax.vjp(lambda k: _xla_conv2d(x[start:stop], k, strides=strides, padding=pads),
+                         kernel)
+        part = vjp(dy[start:stop])[0].astype(jnp.float32)
+        dw = part if dw is None else dw + part
+    return dx.astype(x.dtype), dw.astype(kernel.dtype)
+
+
+_chunked_dw_conv.defvjp(_chunked_dw_conv_fwd, _chunked_dw_conv_bwd)
+
+
 def _fast_conv2d(x, kernel, *, strides, padding):
     pads = _conv_pads(tuple(x.shape[1:3]), tuple(kernel.shape[:2]), strides, padding)
+    if x.shape[3] > _FAST_MAX_CIN:
+        return _chunked_dw_conv(x, kernel, tuple(strides), pads, dw_chunk_images(x.shape))
     return _fast_conv(x, kernel, tuple(strides), pads)
 
 

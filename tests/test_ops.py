@@ -70,12 +70,27 @@ def test_conv2d_fast_matches_autodiff(x_shape, k_shape, strides, padding, dtype,
         assert _rel_err(a, b) <= RTOL[dtype]
 
 
-def test_wide_convolutions_stay_on_xla_by_default():
-    # Measured: XLA's own weight gradient wins from 8 input channels up.
-    assert ops.conv2d_path((128, 13, 13, 32), (3, 3, 32, 64), impl="fast") == "xla"
+def test_wide_convolutions_stay_on_xla_for_small_batches():
+    # Measured: XLA's own weight gradient wins from 8 input channels up while the batch
+    # is small; beyond ~1 MiB of input its weight gradient runs chunked (same kernels).
+    assert ops.conv2d_path((32, 13, 13, 32), (3, 3, 32, 64), impl="fast") == "xla"
+    assert ops.conv2d_path((128, 13, 13, 32), (3, 3, 32, 64), impl="fast") == "fast"
     assert ops.conv2d_path((128, 32, 32, 3), (3, 3, 3, 32), impl="fast") == "fast"
     x, w = _rand((2, 9, 9, 8)), _rand((3, 3, 8, 4), seed=1)
     assert not _has_custom_vjp(lambda x, w: ops.conv2d(x, w, impl="fast"), x, w)
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), ((1, 1), (1, 1)))])
+def test_chunked_weight_gradient_equals_xla(strides, padding):
+    """20 images of 16x16x64 run their weight gradient as chunks of 16 and 4 images."""
+    x, w = _rand((20, 16, 16, 64)), _rand((3, 3, 64, 8), seed=1)
+    assert ops.dw_chunk_images(x.shape) == 16
+    assert ops.conv2d_path(x.shape, w.shape, strides=strides, padding=padding,
+                           impl="fast") == "fast"
+    gx = jax.grad(_conv_loss("xla", strides, padding), argnums=(0, 1))(x, w)
+    gf = jax.grad(_conv_loss("fast", strides, padding), argnums=(0, 1))(x, w)
+    for a, b in zip(gx, gf):
+        assert b.dtype == a.dtype and _rel_err(a, b) <= RTOL[jnp.float32]
 
 
 POOL_CASES = [
