@@ -340,9 +340,10 @@ class BatchNorm(nn.Module):
         running = momentum * running + (1 - momentum) * batch_statistic
 
     Evaluation (the default) normalises by the running statistics instead, so
-    a prediction does not depend on the rest of its batch. ``momentum=0.9``
-    is Flax's and Keras's default; PyTorch writes the same update with
-    ``momentum=0.1`` (its momentum is ``1 -`` ours). The running variance is the
+    a prediction does not depend on the rest of its batch. The default
+    ``momentum=0.9`` is PyTorch's default update, which PyTorch writes as
+    ``momentum=0.1`` (its momentum is ``1 -`` ours); Flax and Keras default
+    to 0.99, a slower average. The running variance is the
     biased batch variance, as in Flax and Keras (PyTorch keeps the unbiased one,
     larger by ``n / (n - 1)``).
 

@@ -24,10 +24,16 @@ name (aliases)                         positional arguments             layer
 ``flatten``                            (none)                           :class:`~jaxcnn.layers.Flatten`
 ``dense``                              units, activation                :class:`~jaxcnn.layers.Dense`
 ``softmax`` (``output``)               num_classes (default: dataset's) :class:`~jaxcnn.layers.SoftmaxOutput`
+``bn`` (``batchnorm``), ``bn2d``,      momentum, epsilon                :class:`~jaxcnn.layers.BatchNorm`
+``bn1d``
+``act`` or a bare ``relu``, ``gelu``   activation                       :class:`~jaxcnn.layers.Activation`
+``residual(LAYERS, shortcut=LAYERS)``  (layers)                         :class:`Residual`
 =====================================  ===============================  ======================
 
 A bare identifier among a conv or pool layer's arguments is a padding
-(``same``/``valid``) or an activation (``relu``, ``none``, ...). ``3x3`` is a
+(``same``/``valid``) or an activation (``relu``, ``none``, ...); so is one of a
+``bn`` (``bn(relu)``). ``padding`` may also be an int, PyTorch's explicit padding.
+``residual(...)`` holds layers, and after ``shortcut=`` its projection's. ``3x3`` is a
 pair. Keywords are the layer's attribute names (``kernel`` and ``stride`` are
 accepted for ``kernel_size`` and ``strides``; ``bias`` for ``use_bias``).
 

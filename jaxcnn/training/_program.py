@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.data import Augment, Preprocess, augment_batch
+from jaxcnn.errors import ConfigError
 from jaxcnn.training._policy import ExecutionPolicy, jit_with
 from jaxcnn.training._steps import accumulate_gradients, apply_update, train_step
 
@@ -70,11 +71,12 @@ class TrainProgram:
     def __post_init__(self):
         k = self.steps_per_call
         if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-            raise ValueError(f"steps_per_call must be an int >= 1; got {k!r}")
+            raise ConfigError(f"steps_per_call must be an int >= 1; got {k!r}")
         if k > 1 and self.policy.chunks > 1:
-            raise ValueError(
-                f"steps_per_call={k} cannot run a batch spread over {self.policy.chunks} calls "
-                "(chunks); use steps_per_call=1 or a batch that runs in one call")
+            raise ConfigError(
+                f"steps_per_call={k} cannot run a batch spread over {self.policy.chunks} "
+                "compiled calls (a large batch on the CPU); use --steps-per-call 1, or "
+                "--micro-batches K to run the batch in one call")
 
     @property
     def streaming(self) -> bool:
