@@ -282,7 +282,7 @@ def _scan_target(state, model, config: BenchConfig, batch_size: int, key) -> _Ta
                    lambda: jax.jit(one, compiler_options=policy.options).lower(state, specs))
 
 
-def describe_paths(model, input_shape, *, train: bool = True) -> str:
+def describe_paths(model, input_shape, *, train: bool = True, batch_size: int = 1) -> str:
     """Which implementation each conv and pool layer of ``model`` runs, in one line.
 
     Example:
@@ -290,7 +290,7 @@ def describe_paths(model, input_shape, *, train: bool = True) -> str:
       >>> describe_paths(build_model("keras_convnet", 10, impl="xla"), (28, 28, 1))
       'conv2d xla,xla; max_pool xla,xla'
     """
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
 
     def apply(v, x):
@@ -378,7 +378,11 @@ def bench_one(config: BenchConfig, batch_size: int, *, peak: Peak | None = None,
     target = _target(model, config, batch_size)
     row.update(micro_batches=target.policy.micro_batches, chunks=target.policy.chunks,
                compiler_options=target.policy.options)
-    row["op_paths"] = describe_paths(model, config.input_shape, train=config.what == "train")
+    # At the images one call's layers see (a path may depend on the batch).
+    row["op_paths"] = describe_paths(
+        model, config.input_shape, train=config.what == "train",
+        batch_size=max(1, target.policy.images_per_call(batch_size)
+                       // target.policy.micro_batches))
     try:
         with _compile_cache(config.compilation_cache) as events:
             start = time.perf_counter()
