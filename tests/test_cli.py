@@ -45,7 +45,7 @@ def test_help_is_useful(capsys):
     (["--spec", "conv(8,3) dropout(1.5) flatten softmax"], r"rate must be a number in \[0, 1\)"),
     (["--lr", "0"], "learning_rate must be > 0"),
     (["--lr", "-0.1"], "learning_rate must be > 0"),
-    (["--model", "resnet9000"], "known models: flax_cnn, keras_convnet, seed_cnn"),
+    (["--model", "resnet9000"], "known models: cifar_speed, flax_cnn, keras_convnet, resnet18, resnet18_cifar, resnet50, seed_cnn"),
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--batch-size", "5000"], "larger than the training split"),
     (["--set", "train.epoch=3"], "valid keys: train.epochs"),

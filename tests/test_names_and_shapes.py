@@ -55,7 +55,7 @@ def test_unknown_dataset_far_from_any_name_gets_no_suggestion():
 def test_unknown_model_suggests_a_zoo_name():
     with pytest.raises(SpecError) as err:
         build_model("keras_convnt", 10)
-    assert "known models: flax_cnn, keras_convnet, seed_cnn" in str(err.value)
+    assert "known models: cifar_speed, flax_cnn, keras_convnet, resnet18, resnet18_cifar, resnet50, seed_cnn" in str(err.value)
     assert str(err.value).endswith(" Did you mean 'keras_convnet'?")
 
 
