@@ -71,7 +71,7 @@ def test_unknown_layer_suggests_a_layer_and_keeps_the_caret(text, column, sugges
     lines = str(err.value).splitlines()
     assert lines[0].endswith(f"at position {column} of the spec")
     assert lines[2] == "  " + " " * column + "^"
-    assert lines[3].startswith("known layers: avgpool, conv, dense")
+    assert lines[3].startswith("known layers: act, avgpool, bn, bn1d, bn2d, conv, dense")
     assert lines[3].endswith(f" Did you mean {suggestion!r}?")
 
 
