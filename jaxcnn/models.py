@@ -469,7 +469,6 @@ def _parse_residual(text: str, tokens: list, i: int, pos: int) -> tuple[LayerSpe
                                "e.g. residual(conv(64, 3, padding=same) bn)"))
     shortcut = None
     if i < len(tokens) and tokens[i][1].lower() == "shortcut":
-        start = tokens[i][2]
         shortcut, i = _parse_layers(text, tokens, i + 2, inside="residual")
         if not shortcut:
             at = tokens[i][2] if i < len(tokens) else len(text)
@@ -477,7 +476,6 @@ def _parse_residual(text: str, tokens: list, i: int, pos: int) -> tuple[LayerSpe
                                    "e.g. shortcut=conv(128, 1, 2, none, bias=false) bn"))
         if i < len(tokens) and tokens[i][1].lower() == "shortcut":
             raise SpecError(_point(text, tokens[i][2], "residual: shortcut is given twice"))
-        del start
     if i >= len(tokens):
         raise SpecError(_point(text, len(text), "missing ')' to close residual("))
     spec = LayerSpec("Residual", (("body", tuple(body)),)

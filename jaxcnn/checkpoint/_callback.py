@@ -162,6 +162,7 @@ class CheckpointCallback(Callback):
         self._skipped_bad = False
         self.min_interval_seconds, self.best_metric = min_interval_seconds, best_metric
         self._last_save_time = time.monotonic()  # the run starts from its init or a restore
+        self._last_step: int | None = None  # the step of the previous on_step_end
         self._best_value = None
         for record in self.history:  # a resumed run: the best of its earlier epochs
             self._improves(record)
@@ -217,7 +218,7 @@ class CheckpointCallback(Callback):
             return True
         # A multiple of every_steps passed since the last call (a call may run several
         # steps: fit's steps_per_call); epoch ends save with their record instead.
-        previous, self._last_step = getattr(self, "_last_step", None), step
+        previous, self._last_step = self._last_step, step
         due = self.every_steps and (
             step % self.every_steps == 0 if previous is None
             else step // self.every_steps > previous // self.every_steps)
