@@ -10,8 +10,9 @@ from jaxcnn.cli import main
 from jaxcnn.config import Config, override
 from jaxcnn.data import UnknownDatasetError, load_dataset, load_digits, load_digits28
 from jaxcnn.errors import ConfigError, DataError, ShapeError, SpecError, did_you_mean
-from jaxcnn.models import (_LARGER_DATASETS, ZOO, build_model, min_input_size, model_spec,
+from jaxcnn.models import (ZOO, build_model, min_input_size, model_spec,
                            parse_spec, summary)
+from jaxcnn.models._summary import _LARGER_DATASETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
