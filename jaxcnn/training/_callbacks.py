@@ -143,17 +143,21 @@ class ProgressBar(Callback):
         self.running_metrics, self.every_seconds = running_metrics, every_seconds
         self._bar = None
         self._t0 = self._last = 0.0
+        self._step = 0  # the global step the bar last showed
 
     def on_epoch_start(self, epoch, first_index, steps_per_epoch):
         if self._bar is None:
             self._bar = _make_bar(steps_per_epoch)
         self._bar.reset(total=steps_per_epoch)
         self._bar.update(first_index)
+        self._step = epoch * steps_per_epoch + first_index
         self._bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
         self._t0 = self._last = time.perf_counter()
 
     def on_step_end(self, state, step):
-        self._bar.update(1)
+        # A call may run several steps (fit's steps_per_call).
+        self._bar.update(step - self._step)
+        self._step = step
         now = time.perf_counter()
         if now - self._last >= self.every_seconds:
             self._last = now
