@@ -16,7 +16,7 @@ LAYERS = [
     {"ops"},
     {"layers"},
     {"models"},
-    {"data", "sharding"},
+    {"data", "sharding", "distributed"},
     {"training"},
     {"checkpoint"},
     {"bench", "compare"},
