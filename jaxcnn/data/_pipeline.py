@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import provenance
+from jaxcnn import provenance, sharding as shd
 from jaxcnn.errors import ConfigError
 
 # Tag folded into the data key to make the augmentation key; epochs use small
@@ -306,13 +306,15 @@ class Prefetcher:
     def _run(self) -> None:
         images, labels, permutation, b, spe, start, num, place = self._args
         try:
+            # In a multi-process job this process reads only its rows of each batch.
+            rows = shd.local_rows(place, b)
             epoch, perm = None, None
             for step in range(start, start + num):
                 e, i = divmod(step, spe)
                 if e != epoch:
                     epoch, perm = e, np.asarray(permutation(e))
-                idx = perm[i * b:(i + 1) * b]
-                batch = jax.device_put((images[idx], labels[idx]), place)
+                idx = perm[i * b:(i + 1) * b][rows]
+                batch = shd.put_batch((images[idx], labels[idx]), place, b)
                 if not self._put(batch):
                     return
         except BaseException as err:  # noqa: BLE001 - re-raised in the consumer

@@ -88,22 +88,34 @@ def evaluate(
     n = len(split)
     if n == 0:
         raise DataError("cannot evaluate on an empty split")
+    if mesh is None:
+        mesh = _job_mesh(state)
     if mesh is not None:
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     batch_size = min(batch_size, n) if mesh is None else batch_size
     sharding = shd.batch_sharding(mesh) if mesh is not None else None
     eval_fn = compiled_eval(state)
+    # In a multi-process job each process reads only its rows of every batch.
+    rows = shd.local_rows(sharding, batch_size)
     totals = []
     for start in range(0, n, batch_size):
-        images = split.images[start:start + batch_size]
-        labels = split.labels[start:start + batch_size]
+        lo, hi = min(start + rows.start, n), min(start + rows.stop, n)
+        images, labels = split.images[lo:hi], split.labels[lo:hi]
         mask = np.ones(len(labels), np.float32)
-        images, labels, mask = (_pad(a, batch_size) for a in (images, labels, mask))
-        arrays = (images, labels, mask)
+        arrays = tuple(_pad(a, rows.stop - rows.start) for a in (images, labels, mask))
         if sharding is not None:
-            arrays = jax.device_put(arrays, sharding)
+            arrays = shd.put_batch(arrays, sharding, batch_size)
         totals.append(eval_fn(state, *arrays, preprocess))
     return merge_metrics(jax.device_get(totals))
+
+
+def _job_mesh(state):
+    """The mesh of a state that spans several processes (None: a local state)."""
+    leaf = jax.tree.leaves(state.params)[0]
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and not sharding.is_fully_addressable:
+        return sharding.mesh
+    return None
 
 
 def merge_metrics(parts: Iterable[dict[str, Any]]) -> dict[str, float]:

@@ -150,14 +150,15 @@ class _DeviceBatches:
     def __init__(self, dataset: Dataset, data_key, plan: FitPlan):
         self._key, self._place, self._n = data_key, plan.place, len(dataset.train)
         # np.asarray: images that a data source decodes on demand are read here, once.
-        self._images = jax.device_put(np.asarray(dataset.train.images), plan.place)
-        self._labels = jax.device_put(dataset.train.labels, plan.place)
+        # Every process holds the whole split (each device gathers its rows of any batch).
+        self._images = shd.put(np.asarray(dataset.train.images), plan.place)
+        self._labels = shd.put(np.asarray(dataset.train.labels), plan.place)
         self._perm = None
 
     def start_epoch(self, epoch: int) -> None:
         # Committed placement for every argument: the compiled step then sees the same
         # shardings on every call and compiles once.
-        self._perm = jax.device_put(_jit_permutation(self._key, epoch, self._n), self._place)
+        self._perm = shd.put(_jit_permutation(self._key, epoch, self._n), self._place)
 
     def next(self) -> tuple:
         return self._images, self._labels, self._perm
@@ -318,9 +319,9 @@ def fit(
     program, spe = plan.program, plan.steps_per_epoch
     single = dataclasses.replace(program, steps_per_call=1)
     history = list(history or [])
-    state = jax.device_put(state, plan.place)
-    dropout_key = jax.device_put(keys.dropout, plan.place)
-    aug_key = jax.device_put(augment_key(keys), plan.place) if augment is not None else None
+    state = shd.put(state, plan.place)
+    dropout_key = shd.put(keys.dropout, plan.place)
+    aug_key = shd.put(augment_key(keys), plan.place) if augment is not None else None
     step = int(jax.device_get(state.step))
     start_epoch, start_index = divmod(step, spe)
     if plan.pipeline == "device":

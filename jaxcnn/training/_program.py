@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxcnn import sharding as shd
 from jaxcnn.data import Augment, Preprocess, augment_batch
 from jaxcnn.errors import ConfigError
 from jaxcnn.training._policy import ExecutionPolicy, jit_with
@@ -102,7 +103,7 @@ class TrainProgram:
             carry["grads"] = jax.tree.map(jnp.zeros_like, state.params)
             carry["stats"] = jnp.zeros((2,), jnp.float32)
             carry["batch_stats"] = jax.tree.map(jnp.zeros_like, state.batch_stats)
-        return carry if place is None else jax.device_put(carry, place)
+        return carry if place is None else shd.put(carry, place)
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -172,6 +173,9 @@ def _rows(state, data, aug_key, program: TrainProgram, start=0, size=None):
         images, labels, perm = data
         index = state.step % program.steps_per_epoch
         idx = jax.lax.dynamic_slice(perm, (index * b + start,), (size,))
+        if program.sharding is not None:
+            # Each device (and each process) gathers only its own rows of the batch.
+            idx = jax.lax.with_sharding_constraint(idx, program.sharding)
         x, y = images[idx], labels[idx]
     if program.sharding is not None:
         x = jax.lax.with_sharding_constraint(x, program.sharding)
