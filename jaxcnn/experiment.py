@@ -41,7 +41,7 @@ import shutil
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from jaxcnn import provenance
+from jaxcnn import distributed, provenance
 from jaxcnn.config import Config, override
 from jaxcnn.data import Dataset, Preprocess, load_dataset
 from jaxcnn.errors import ConfigError, JaxcnnError, NonFiniteLossError
@@ -350,7 +350,9 @@ def run_sweep(
                      point_key(point), seed)
         else:
             log.info("sweep cell %d/%d %s seed %d", i + 1, len(cells), point_key(point), seed)
-            _clear_stale(workdir, cfg)
+            if distributed.is_primary():  # in a job, process 0 writes the results
+                _clear_stale(workdir, cfg)
+            distributed.barrier(f"sweep cell {i} ready")
             ds = dataset
             if ds is None:
                 dkey = (cfg.data.dataset, cfg.data.validation_fraction, seed, cfg.data.data_dir)
@@ -370,7 +372,8 @@ def run_sweep(
                                              callbacks=[recorder])
                 status = "ok"
             except NonFiniteLossError as e:
-                write_history(workdir, recorder.history)
+                if distributed.is_primary():
+                    write_history(workdir, recorder.history)
                 summary = {"diverged_step": e.step, "epochs": len(recorder.history),
                            "total_seconds": time.perf_counter() - t0, "workdir": workdir,
                            "seed": seed}
@@ -378,7 +381,8 @@ def run_sweep(
                 log.info("sweep cell %s seed %d diverged at step %d", point_key(point), seed,
                          e.step)
             row = _make_row(point, seed, status, summary, recorder.history, workdir, cfg)
-            _write_json(os.path.join(workdir, CELL_FILE), row)
+            if distributed.is_primary():
+                _write_json(os.path.join(workdir, CELL_FILE), row)
             row["resumed"] = False
         rows.append(row)
         if on_cell is not None:

@@ -32,7 +32,7 @@ import re
 import time
 from typing import Mapping, Sequence
 
-from jaxcnn import _fs, provenance, sharding as shd
+from jaxcnn import _fs, distributed, provenance, sharding as shd
 from jaxcnn.host_memory import host_memory_state, reuse_host_memory
 from jaxcnn.config import Config
 from jaxcnn.data import Dataset, Preprocess, fit_options, load_dataset
@@ -179,8 +179,11 @@ def prepare(config: Config, dataset: Dataset | None = None) -> Run:
                steps_per_epoch, built.schedule, policy)
 
 
-def default_workdir(config: Config, root: str = "runs") -> str:
+def default_workdir(config: Config, root: str = "runs", timestamp: float | None = None) -> str:
     """``runs/<dataset>-<model>-<UTC time>``; spec text is named ``custom``.
+
+    ``timestamp`` (seconds since the epoch; default now) names the time; the
+    processes of a job use process 0's, so they share one directory.
 
     Example:
       >>> default_workdir(Config()).startswith("runs/digits-seed_cnn-")
@@ -188,7 +191,9 @@ def default_workdir(config: Config, root: str = "runs") -> str:
     """
     model = config.model.name if re.fullmatch(r"\w+", config.model.name) else "custom"
     data = re.sub(r"[^\w.-]+", "_", config.data.dataset)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    when = (datetime.datetime.now(datetime.timezone.utc) if timestamp is None else
+            datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc))
+    stamp = when.strftime("%Y%m%d-%H%M%S")
     return os.path.join(root, f"{data}-{model}-{stamp}")
 
 
@@ -210,6 +215,13 @@ def train_and_evaluate(
     step. SIGTERM/SIGINT save and raise :class:`jaxcnn.checkpoint.Preempted`.
     The run holds an exclusive lock on ``workdir`` until it returns, so a second
     run on the same directory fails at once, naming the holder.
+
+    In a multi-process job (:func:`jaxcnn.distributed.initialize`) every
+    process calls this with the same config and ``workdir`` (on a file system
+    they share): each reads only its rows of every batch, checkpoints are
+    saved and restored by all of them together, and only process 0 holds the
+    lock, shows progress and writes the run directory's files. Every process
+    returns the same summary.
 
     Args:
       config: the run's config.
@@ -266,7 +278,9 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
                         lock: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
     run = prepare(config, dataset)
-    workdir = workdir or default_workdir(config)
+    workdir = workdir or default_workdir(config, timestamp=distributed.agree(int(time.time())))
+    primary = distributed.is_primary()
+    progress = progress and primary
     with contextlib.ExitStack() as stack:
         saver, guard, history = None, None, []
         if config.checkpoint.enabled:
@@ -279,7 +293,8 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
                 workdir = new_workdir
             _make_workdir(workdir)
             # One writer per run directory: taken before Orbax cleans or writes anything.
-            lock.enter_context(ckpt.lock_workdir(workdir))
+            if primary:  # one writer per run directory; in a job, process 0 holds it
+                lock.enter_context(ckpt.lock_workdir(workdir))
             ckpts = stack.enter_context(
                 ckpt.from_config(ckpt.checkpoint_dir(workdir), config.checkpoint))
             # Restored directly onto this run's mesh, whatever layout saved it.
@@ -296,10 +311,12 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
                          ckpts.step_path(resumed.step))
         else:
             _make_workdir(workdir)
-            lock.enter_context(_fs.DirectoryLock(workdir))
-        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+            if primary:
+                lock.enter_context(_fs.DirectoryLock(workdir))
         meta = run.meta()
-        _write_json(os.path.join(workdir, "meta.json"), meta)
+        if primary:
+            _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+            _write_json(os.path.join(workdir, "meta.json"), meta)
         log.info("model %s: %s parameters; data %s: %s", config.model.name,
                  f"{meta['model']['params']:,}", run.dataset.name, meta["dataset"]["splits"])
         if config.checkpoint.enabled:
@@ -335,10 +352,12 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
     # Leaving the block waited for the last checkpoint write (and raised if it failed).
     train_seconds = time.perf_counter() - t_fit
     if saver is not None and saver.preempted_step is not None:
-        write_history(workdir, saver.history)
+        if primary:
+            write_history(workdir, saver.history)
         raise ckpt.Preempted(step=saver.preempted_step, workdir=workdir,
                              signal_name=guard.requested)
-    write_history(workdir, result.history)
+    if primary:
+        write_history(workdir, result.history)
 
     warnings = []
     diverging = loss_warning(result.history, run.dataset.num_classes,
@@ -379,6 +398,8 @@ def _train_and_evaluate(config, workdir, dataset, progress, callbacks, force_new
             "warnings": warnings}
     if best is None:
         out["best_note"] = best_note
+    if not primary:
+        return out
     _write_json(os.path.join(workdir, "summary.json"), out)
     if history:
         from jaxcnn.plots import learning_curves

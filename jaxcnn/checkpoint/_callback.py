@@ -12,6 +12,7 @@ from typing import Mapping
 
 import jax
 
+from jaxcnn import distributed
 from jaxcnn.checkpoint._arrays import all_finite, state_arrays
 from jaxcnn.checkpoint._errors import CheckpointError
 from jaxcnn.checkpoint._store import Checkpoints
@@ -73,8 +74,11 @@ class PreemptionGuard:
     ``KeyboardInterrupt`` as usual (a user insisting). Outside the main
     thread, signals cannot be caught and the guard does nothing.
 
-    Orbax's own preemption check needs ``jax.distributed``; this works in a
-    single process too.
+    In a multi-process job (:mod:`jaxcnn.distributed`) the guard installs no
+    handler: JAX's preemption service catches SIGTERM in any process, and
+    :meth:`check` turns true in every process at the same step, so all of
+    them save that step together and stop (SIGINT there ends the job, see
+    :class:`jaxcnn.distributed.FailureWatch`).
 
     Example:
       >>> import os, signal
@@ -89,6 +93,19 @@ class PreemptionGuard:
     def __init__(self):
         self.requested: str | None = None
         self._previous: dict = {}
+        self._multi = distributed.current().num_processes > 1
+        self._checks = 0
+
+    def check(self) -> bool:
+        """Whether to save and stop now. Call it at the same points in every process:
+        in a multi-process job each call is one step of JAX's preemption sync protocol."""
+        if self._multi and self.requested is None:
+            self._checks += 1
+            if distributed.reached_preemption(self._checks):
+                self.requested = "SIGTERM"
+                log.warning("preemption notice (SIGTERM) reached every process: saving a "
+                            "checkpoint, then stopping")
+        return self.requested is not None
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
@@ -98,7 +115,7 @@ class PreemptionGuard:
                     "stopping", self.requested)
 
     def __enter__(self) -> "PreemptionGuard":
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not self._multi:
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -203,7 +220,7 @@ class CheckpointCallback(Callback):
         return better
 
     def _check_guard(self, state, step) -> bool:
-        if self.guard is not None and self.guard.requested and self.preempted_step is None:
+        if self.guard is not None and self.preempted_step is None and self.guard.check():
             self.save(state, step)
             self.checkpoints.wait()
             self.preempted_step = step
@@ -237,6 +254,8 @@ class CheckpointCallback(Callback):
                or (self.every_steps and step % self.every_steps == 0))
         improves = self._improves(record)
         recent = time.monotonic() - self._last_save_time < self.min_interval_seconds
+        if due and self.min_interval_seconds:
+            recent = distributed.agree(recent)  # clocks differ; a save needs every process
         if due and recent and not improves:
             log.debug("not saving epoch %d: the last save is under %gs old", epoch,
                       self.min_interval_seconds)
