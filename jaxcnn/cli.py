@@ -139,6 +139,48 @@ def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:
                         "(grammar: docs/models.md)")
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    """The multi-process flags (docs/distributed.md); each has a ``JAXCNN_*`` variable."""
+    g = p.add_argument_group(
+        "multi-process (one jaxcnn process per host or GPU, on jax.distributed; "
+        "docs/distributed.md)")
+    g.add_argument("--distributed", choices=("auto", "on", "off"),
+                   help="start JAX's distributed runtime: auto does when --coordinator or a "
+                        "multi-process SLURM, Open MPI or Cloud TPU job is found; on always "
+                        "(JAX detects the cluster); off never (default: auto; "
+                        "$JAXCNN_DISTRIBUTED)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="process 0's address, the same on every process (default: none; "
+                        "$JAXCNN_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes in the job (default: 1; $JAXCNN_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I",
+                   help="this process's index, 0 to N-1 (default: 0; $JAXCNN_PROCESS_ID)")
+    g.add_argument("--distributed-timeout", type=float, metavar="SECONDS",
+                   help="how long to wait for the coordinator and every process to join "
+                        "(default: 120; $JAXCNN_DISTRIBUTED_TIMEOUT)")
+
+
+def _start_processes(args: argparse.Namespace):
+    """Joins the job the multi-process flags describe (before any device is touched)."""
+    from jaxcnn import distributed
+
+    info = distributed.initialize(
+        getattr(args, "distributed", None), coordinator=getattr(args, "coordinator", None),
+        num_processes=getattr(args, "num_processes", None),
+        process_id=getattr(args, "process_id", None),
+        timeout_seconds=getattr(args, "distributed_timeout", None))
+    if info.process_id != 0:  # process 0 speaks for the job; the others only warn
+        logging.getLogger("jaxcnn").setLevel(logging.WARNING)
+    return info
+
+
+def _primary() -> bool:
+    from jaxcnn.distributed import is_primary
+
+    return is_primary()
+
+
 def _add_train_parser(sub) -> None:
     from jaxcnn.config import OPTIMIZERS, SCHEDULES, Config
 
@@ -232,6 +274,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the final metrics as one JSON object on the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    _add_distributed_args(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -378,8 +421,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = train_and_evaluate(config, args.workdir, progress=not args.quiet,
                                  force_new=args.force_new)
     except Preempted as e:
-        print(f"jaxcnn: preempted: {e}", file=sys.stderr)
+        if _primary():
+            print(f"jaxcnn: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
+    if not _primary():  # process 0 prints the job's results
+        return EXIT_OK
     # The final state's and the best checkpoint's test metrics, each labelled; with --json
     # the same lines go to stderr and stdout holds only the JSON (same fields, "final"/"best").
     lines = result_lines(out)
@@ -536,6 +582,7 @@ def _add_eval_parser(sub) -> None:
                                    "machine's devices and evaluate it on the test split of "
                                    "the run's dataset, with the stored preprocessing.")
     _add_checkpoint_choice(p)
+    _add_distributed_args(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -544,11 +591,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxcnn.data import load_dataset
     from jaxcnn.training import evaluate
 
-    r = load(args.workdir, _which(args))
+    import jax
+
+    mesh = None
+    if jax.process_count() > 1:  # a job: the test split sharded over every process
+        from jaxcnn import sharding as shd
+
+        mesh = shd.make_mesh()
+    r = load(args.workdir, _which(args), shd.replicated(mesh) if mesh is not None else None)
     c = r.config
     dataset = load_dataset(c.data.dataset, validation_fraction=c.data.validation_fraction,
                            seed=c.train.seed, data_dir=c.data.data_dir)
-    m = evaluate(r.state, dataset.test, r.preprocess, c.data.eval_batch_size)
+    m = evaluate(r.state, dataset.test, r.preprocess, c.data.eval_batch_size, mesh)
+    if not _primary():
+        return EXIT_OK
     out = {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "test_examples": m["count"],
            "step": r.step, "epoch": r.epoch, "checkpoint": r.path,
            "which": r.which, "best_metric": r.best_metric, "metric_value": r.metric_value,
@@ -775,6 +831,12 @@ def _add_bench_parser(sub) -> None:
                    help="where --plot writes (default: the first file with .png)")
     p.add_argument("--json", action="store_true",
                    help="print the merged results as one JSON object on the last line")
+    p.add_argument("--num-devices", type=int, metavar="N",
+                   help="time data-parallel training over N devices (the batch sizes are "
+                        "global), with the gradient all-reduce's share of the step; in a "
+                        "multi-process job the mesh is every device of every process "
+                        "(default: one device)")
+    _add_distributed_args(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -829,6 +891,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ShapeError(f"cannot benchmark {config.model} on {_show_shape(config.input_shape)} "
                          f"images ({given}): {e}") from None
     check_installed(parse_frameworks(args.compare), python=args.compare_python)
+    import jax
+
+    if args.num_devices is not None or jax.process_count() > 1:
+        return _bench_job(args, config)
     if args.peak_flops is not None:
         if args.peak_flops <= 0:
             raise JaxcnnError(f"--peak-flops must be > 0 (FLOP/s, e.g. 1.9e11); got "
@@ -874,6 +940,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"results: {args.out}", file=sys.stderr)
     if args.json:
         _print_json({"out": args.out, "peak": peak.detail, "results": bench.aggregate(rows)})
+    return EXIT_OK
+
+
+def _bench_job(args: argparse.Namespace, config) -> int:
+    """``jaxcnn bench`` over a mesh of devices (and processes): data-parallel rows."""
+    from jaxcnn import bench
+
+    if args.compare:
+        raise bench.BenchError("--compare runs other frameworks on one device; leave it out "
+                               "with --num-devices or in a multi-process job")
+    rows = []
+    for _ in range(max(args.rounds, 1)):
+        for b in config.batch_sizes:
+            row = bench.bench_job(config, b, args.num_devices)
+            rows.append(row)
+            if _primary():
+                print(f"  {row['processes']} process(es), {row['devices']} devices, batch {b}: "
+                      f"{row['images_per_s']:,.0f} images/s", file=sys.stderr)
+    if not _primary():
+        return EXIT_OK
+    if args.out:
+        with open(args.out, "a" if args.append else "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=str) + "\n")
+        print(f"results: {args.out}", file=sys.stderr)
+    print(bench.format_job_rows(rows))
+    if args.json:
+        _print_json({"out": args.out, "results": rows})
     return EXIT_OK
 
 
@@ -925,28 +1019,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     # compilation cache (JAXCNN_COMPILATION_CACHE=off opts out). `jaxcnn bench`
     # turns it off around the compilations it times.
     enable_compilation_cache()
+    from jaxcnn.distributed import FailureWatch
+
+    if hasattr(args, "distributed"):
+        try:
+            _start_processes(args)
+        except JaxcnnError as e:
+            print(f"jaxcnn: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    # In a multi-process job a failing process stops the others, with its exit code.
+    with FailureWatch() as watch:
+        code, message = _run(args)
+        if code not in (EXIT_OK, EXIT_PREEMPTED):
+            watch.fail(code, message)
+        return code
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str]:
+    """Runs the subcommand; returns its exit code and, on failure, the one-line message
+    it printed."""
+    def failed(code: int, message: str) -> tuple[int, str]:
+        print(f"jaxcnn: {message}", file=sys.stderr)
+        return code, message
+
     try:
-        return args.func(args)
+        return args.func(args), ""
     except NonFiniteLossError as e:
-        print(f"jaxcnn: error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return failed(EXIT_DIVERGED, f"error: {e}")
     except JaxcnnError as e:
-        print(f"jaxcnn: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return failed(EXIT_BAD_INPUT, f"error: {e}")
     except KeyboardInterrupt:
-        print("jaxcnn: interrupted", file=sys.stderr)
-        return 130
+        return failed(130, "interrupted")
     except MemoryError:
-        print("jaxcnn: error: out of host memory; use a smaller model, batch size or dataset "
-              "(the last saved checkpoint, if any, is unchanged)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return failed(EXIT_BAD_INPUT, "error: out of host memory; use a smaller model, batch "
+                      "size or dataset (the last saved checkpoint, if any, is unchanged)")
     except OSError as e:
         # A file-system failure that no check caught (disk full, permissions changed under
         # the run): one line with the path and the reason, never a traceback.
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"jaxcnn: error: {e.strerror or e}{where}; free space or fix permissions and "
-              "run again (checkpoints already written are kept)", file=sys.stderr)
-        return EXIT_ERROR
+        return failed(EXIT_ERROR, f"error: {e.strerror or e}{where}; free space or fix "
+                      "permissions and run again (checkpoints already written are kept)")
+    except BaseException as e:
+        if not isinstance(e, Exception):
+            raise
+        from jaxcnn.distributed import current
+
+        if current().num_processes == 1:
+            raise
+        # In a job: report it to the other processes (they would wait for this one in
+        # their next collective), with the traceback here.
+        import traceback
+
+        traceback.print_exc()
+        return failed(EXIT_ERROR, f"error: {type(e).__name__}: {e}")
 
 
 def entry_point() -> None:

@@ -41,6 +41,7 @@ Example:
 
 from jaxcnn.bench._config import BenchConfig, BenchError
 from jaxcnn.bench._frameworks import compare_request, framework_rows
+from jaxcnn.bench._job import bench_job, format_job_rows
 from jaxcnn.bench._measure import bench_data, bench_one, bench_policy, check_model, train_program
 from jaxcnn.bench._memory import available_memory_bytes, compiled_memory_bytes
 from jaxcnn.bench._peaks import DEVICE_PEAKS, Peak, device_peak, lookup_peak, measure_matmul_peak
@@ -52,7 +53,8 @@ from jaxcnn.compare import ComparisonError
 
 __all__ = [
     "BenchConfig", "BenchError", "ComparisonError", "DEVICE_PEAKS", "Peak", "aggregate",
-    "available_memory_bytes", "bench_data", "bench_one", "bench_policy", "check_model",
+    "available_memory_bytes", "bench_data", "bench_job", "bench_one", "bench_policy",
+    "check_model", "format_job_rows",
     "compare_request",
     "compiled_memory_bytes", "device_peak", "format_table", "framework_rows", "lookup_peak",
     "measure_matmul_peak", "output_problem", "plot_throughput", "read_jsonl", "run",
