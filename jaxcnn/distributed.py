@@ -296,11 +296,26 @@ def initialize(mode: str | None = None, *, coordinator: str | None = None,
         raise ConfigError(f"{who} could not start JAX's distributed runtime: {e}. With no "
                           "cluster detected, give --coordinator, --num-processes and "
                           "--process-id") from None
+    if jax.process_count() > 1:
+        # Every process present, then one collective over every device: the CPU
+        # collectives set up their communicators here, where all processes arrive
+        # together, not at the first training step, which a slow compile can delay past
+        # their 30 s rendezvous.
+        _jd_client().wait_at_barrier("jaxcnn:started", int(timeout * 1000))
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxcnn: every process started")
     info = current(source="flags" if given else (cluster or "detected"))
     log.info("process %d of %d: %d local of %d devices (%s)", info.process_id,
              info.num_processes, jax.local_device_count(), jax.device_count(),
              jax.devices()[0].platform)
     return info
+
+
+def _jd_client():
+    from jax._src import distributed as _jd
+
+    return _jd.global_state.client
 
 
 def current(source: str | None = None) -> ProcessInfo:
@@ -415,14 +430,8 @@ class FailureWatch:
             # C++ call at shutdown would abort the process.
             self._thread.join(timeout=5 * self._poll_ms / 1000 + 1)
 
-    @staticmethod
-    def _client():
-        from jax._src import distributed as _jd
-
-        return _jd.global_state.client
-
     def _watch(self) -> None:
-        client = self._client()
+        client = _jd_client()
         while not self._stop.is_set():
             try:
                 value = client.blocking_key_value_get(_FAILED_KEY, self._poll_ms)
@@ -450,7 +459,7 @@ class FailureWatch:
         if not self.active:
             return
         self._stop.set()
-        client = self._client()
+        client = _jd_client()
         me = jax.process_index()
         first = message.splitlines()[0] if message else "unknown error"
         try:

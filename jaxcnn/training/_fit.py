@@ -262,7 +262,7 @@ def fit(
       log_every_seconds: how often to refresh the progress bar's metrics.
       callbacks: :class:`~jaxcnn.training.Callback` hooks.
       history: records of earlier epochs (when resuming).
-      progress: show a progress bar on stderr.
+      progress: show a progress bar on stderr (in a multi-process job, process 0 only).
       pipeline: ``auto``, ``device`` or ``stream`` (see
         :func:`jaxcnn.data.choose_pipeline`).
       augment: on-device augmentation (:class:`jaxcnn.data.Augment`), keyed
@@ -334,7 +334,7 @@ def fit(
     carry = {}
     callbacks = list(callbacks)
     bar = None
-    if progress:
+    if progress and jax.process_index() == 0:  # in a multi-process job, process 0's bar
         bar = ProgressBar(epochs, batch_size, lambda: _host_metrics(carry["acc"], state),
                           log_every_seconds)
         callbacks.insert(0, bar)
