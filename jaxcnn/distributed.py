@@ -442,15 +442,35 @@ class FailureWatch:
             pid, code, message = value.split("\t", 2)
             if int(pid) == jax.process_index():
                 return
-            sys.stdout.flush()
-            print(f"jaxcnn: error: process {pid} of {jax.process_count()} failed (exit "
-                  f"{code}): {message}; stopping process {jax.process_index()} too",
-                  file=sys.stderr, flush=True)
-            try:
-                client.key_value_set(f"{_ACK_PREFIX}{jax.process_index()}", "1")
-            except Exception:  # noqa: BLE001 - exiting regardless
-                pass
-            os._exit(int(code))
+            self._follow(int(pid), int(code), message)
+
+    def _follow(self, pid: int, code: int, message: str) -> None:
+        """Ends this process because process ``pid`` failed: its message, its code."""
+        client = _jd_client()
+        me = jax.process_index()
+        sys.stdout.flush()
+        print(f"jaxcnn: error: process {pid} of {jax.process_count()} failed (exit {code}): "
+              f"{message}; stopping process {me} too", file=sys.stderr, flush=True)
+        try:
+            client.key_value_set(f"{_ACK_PREFIX}{me}", "1")
+            if me == 0:
+                # The coordination service lives here: let the failed process finish
+                # exiting first, or the runtime would abort it mid-exit.
+                client.blocking_key_value_get(f"{_ACK_PREFIX}{pid}", 5000)
+                time.sleep(0.5)
+        except Exception:  # noqa: BLE001 - exiting regardless
+            pass
+        os._exit(code)
+
+    @staticmethod
+    def _reported() -> tuple[int, int, str] | None:
+        """The failure a process reported, if any: ``(process, code, message)``."""
+        try:
+            value = _jd_client().key_value_try_get(_FAILED_KEY)
+        except Exception:  # noqa: BLE001 - not found
+            return None
+        pid, code, message = value.split("\t", 2)
+        return int(pid), int(code), message
 
     def fail(self, code: int, message: str) -> None:
         """Tells the other processes that this one failed, then ends this process with
@@ -459,28 +479,36 @@ class FailureWatch:
         if not self.active:
             return
         self._stop.set()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
         client = _jd_client()
         me = jax.process_index()
+        reported = self._reported()
+        if reported is not None and reported[0] != me:
+            # Failed because another process did first (a collective lost its peer):
+            # the first failure is the job's.
+            self._follow(*reported)
         first = message.splitlines()[0] if message else "unknown error"
         try:
             client.key_value_set(_FAILED_KEY, f"{me}\t{int(code)}\t{first}")
         except Exception:  # noqa: BLE001 - another process failed first; it told everyone
             pass
+        try:  # this process knows (several may fail alike, e.g. a diverged loss)
+            client.key_value_set(f"{_ACK_PREFIX}{me}", "1")
+        except Exception:  # noqa: BLE001
+            pass
         if me == 0:
             # The coordination service lives in this process: keep it up until the others
             # have read the failure (bounded), so they stop with its message and code.
             deadline = time.monotonic() + self._ack_seconds
-            others = jax.process_count() - 1
             while time.monotonic() < deadline:
                 try:
-                    if len(client.key_value_dir_get(_ACK_PREFIX)) >= others:
+                    if len(client.key_value_dir_get(_ACK_PREFIX)) >= jax.process_count():
                         break
                 except Exception:  # noqa: BLE001
                     break
                 time.sleep(0.05)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
         os._exit(int(code))
 
 
