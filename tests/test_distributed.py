@@ -230,3 +230,13 @@ def test_a_failing_process_stops_the_others_with_its_exit_code(tmp_path):
     assert rc1 == 2 and "unknown dataset" in err1, err1[-2000:]
     assert rc0 == 2, err0[-2000:]
     assert "process 1 of 2 failed (exit 2)" in err0 and "unknown dataset" in err0
+
+
+def test_eval_in_two_processes_counts_every_test_example_once(two_process_run):
+    workdir, results = two_process_run
+    train_summary = json.loads(results[0][1].strip().splitlines()[-1])
+    out = _run(2, 1, ["eval", "--workdir", workdir, "--latest", "--json"])
+    got = json.loads(out[0][1].strip().splitlines()[-1])
+    assert got["test_examples"] == 360
+    assert got["test_accuracy"] == pytest.approx(train_summary["test_accuracy"], abs=1e-6)
+    assert got["test_loss"] == pytest.approx(train_summary["test_loss"], rel=1e-5)
