@@ -22,6 +22,10 @@ import pytest
 
 from jaxcnn.checkpoint import load
 
+# One worker runs this module under pytest-xdist, so its module fixtures (each a job of
+# several processes) run once.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 # Small and quick, with dropout (keys) and a validation split (sharded evaluation).
 SPEC = "conv(4,3) maxpool(2) dropout(0.25) flatten softmax"
 BASE = ["train", "--spec", SPEC, "--batch-size", "64", "--validation", "0.1", "--quiet",
