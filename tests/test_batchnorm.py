@@ -25,9 +25,15 @@ BN_SPEC = ("conv(8, 3, padding=same, activation=none, use_bias=false) bn(relu) "
            "shortcut=conv(8, 1, activation=none) bn) relu maxpool(2) flatten softmax")
 
 
+# Test data comes from NumPy's generator, not jax.random: on XLA's CPU backend every new
+# shape of jax.random.normal or randint compiles a program of its own (about a second
+# each), and the tests below use seven shapes.
+
+
 def _inputs(shape=(16, 5, 5, 3), seed=0):
     # A large mean and a non-unit scale, so that normalising matters.
-    return 3.0 + 2.0 * jax.random.normal(jax.random.key(seed), shape)
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(3.0 + 2.0 * rng.standard_normal(shape, np.float32))
 
 
 def _state(spec=BN_SPEC, shape=(8, 8, 1), classes=10, dtype=None, tx=None):
@@ -37,9 +43,9 @@ def _state(spec=BN_SPEC, shape=(8, 8, 1), classes=10, dtype=None, tx=None):
 
 
 def _batch(n=16, shape=(8, 8, 1), classes=10, seed=1):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    return {"image": jax.random.normal(k1, (n, *shape)),
-            "label": jax.random.randint(k2, (n,), 0, classes)}
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.standard_normal((n, *shape), np.float32)),
+            "label": jnp.asarray(rng.integers(0, classes, n, dtype=np.int32))}
 
 
 # ---------------------------------------------------------------------------
@@ -107,9 +113,14 @@ def test_bfloat16_normalises_in_float32_and_keeps_float32_state():
 # Batch statistics through the train step
 
 
+# The plain SGD step of the tests below: one optimiser object, so that they share the
+# compiled step (a train state's optimiser is a static argument of the compiled program).
+_SGD = optax.sgd(0.1)
+
+
 def test_train_step_updates_statistics_and_eval_uses_them():
-    state = _state()
-    batch = _batch()
+    state = _state(tx=_SGD)
+    batch = _batch(n=32)
     new, metrics = jax.jit(train_step)(state, batch, jax.random.key(0))
     before, after = jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)
     assert len(after) == 6 and all(a.dtype == jnp.float32 for a in after)
@@ -148,8 +159,8 @@ def test_statistics_over_8_devices_equal_one_device():
     assert len(jax.devices()) >= 8
     # SGD, not Adam: Adam's first step is lr * sign(gradient), and the gradients of the
     # biases just before a batch norm are rounding noise around 0.
-    state, batch = _state(tx=optax.sgd(0.1)), _batch(n=32)
-    one, m1 = jax.jit(train_step)(state, batch, jax.random.key(0))
+    state, batch = _state(tx=_SGD), _batch(n=32)
+    one, m1 = jax.jit(train_step)(state, batch, jax.random.key(0))  # the step compiled above
     mesh = shd.make_mesh(8)
     sharded_state = jax.device_put(state, shd.replicated(mesh))
     sharded_batch = jax.device_put(batch, shd.batch_sharding(mesh))

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -153,7 +154,8 @@ SNIPPET_PAGES = sorted(os.path.relpath(p, DOCS) for p in _markdown_files()
                        if p.startswith(DOCS + os.sep) and _python_blocks(p))
 
 
-def _run_page(page: str, workdir: str) -> dict:
+def _run_page(page: str, workdir: str, on_start=None) -> dict:
+    """Runs a page's blocks in a fresh interpreter; ``on_start(page, popen)`` sees the process."""
     path = os.path.join(DOCS, page)
     blocks = [dict(b, path=path) for b in _python_blocks(path)]
     with open(os.path.join(workdir, "blocks.json"), "w") as f:
@@ -163,27 +165,74 @@ def _run_page(page: str, workdir: str) -> dict:
     results_file = os.path.join(workdir, "results.json")
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "runner.py", "blocks.json", results_file],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    args = [sys.executable, "runner.py", "blocks.json", results_file]
+    # subprocess.run(..., capture_output=True, text=True, timeout=900), with the process
+    # handed to on_start so that a page nobody waits for can be stopped.
+    with subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as popen:
+        if on_start is not None:
+            on_start(page, popen)
+        try:
+            stdout, stderr = popen.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.communicate()
+            raise
+    proc = subprocess.CompletedProcess(args, popen.returncode, stdout, stderr)
     results = json.load(open(results_file)) if os.path.exists(results_file) else []
     return {"blocks": blocks, "results": results, "proc": proc,
             "seconds": time.perf_counter() - t0}
 
 
+class _PageRuns:
+    """The pages' runs, each started when its test first asks for it.
+
+    A page starts together with the pages whose tests come next (``ahead`` in
+    all), so that a few run side by side: most of a page's time is
+    single-threaded (imports, compilation, Python dispatch). Pages are only
+    started for tests this process runs: under pytest-xdist the page tests may
+    be split between workers, and ``-k`` may pick one page; a page started
+    ahead whose test never comes is stopped at the end.
+    """
+
+    def __init__(self, tmp_path_factory, ahead: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=ahead)
+        self._ahead, self._tmp = ahead, tmp_path_factory
+        self._futures, self._asked, self._procs = {}, set(), {}
+        self._lock, self._closed = threading.Lock(), False
+
+    def __getitem__(self, page: str):
+        i = SNIPPET_PAGES.index(page)
+        for p in SNIPPET_PAGES[i:i + self._ahead]:  # the tests run in this order
+            if p not in self._futures:
+                self._futures[p] = self._pool.submit(
+                    _run_page, p, str(self._tmp.mktemp("snippets")), self._started)
+        self._asked.add(page)
+        return self._futures[page]
+
+    def _started(self, page: str, popen: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs[page] = popen
+            if self._closed and page not in self._asked:
+                popen.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for page, popen in self._procs.items():
+                if page not in self._asked:
+                    popen.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.fixture(scope="module")
 def snippet_runs(tmp_path_factory):
-    """Starts every page's snippets at once (a few at a time), so they overlap.
-
-    Most of a page's time is single-threaded (imports, compilation, Python
-    dispatch), so running pages side by side shortens the test on any machine.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)))
-    futures = {page: pool.submit(_run_page, page, str(tmp_path_factory.mktemp("snippets")))
-               for page in SNIPPET_PAGES}
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
+    """The pages' snippet runs (``runs[page].result()``), a few side by side; see _PageRuns."""
+    runs = _PageRuns(tmp_path_factory, ahead=max(2, min(4, os.cpu_count() or 2)))
+    yield runs
+    runs.close()
 
 
 @pytest.mark.parametrize("page", SNIPPET_PAGES)
@@ -234,10 +283,15 @@ _THIRD_PARTY = re.compile(
     r"Error parsing type annotation .* for \S*(TrainState|_init)\S*\. Import of "
     r"(ArrayTree|Array|core|DTypeLikeInexact|OutShardingType) failed")
 
+# Without the "View Source" blocks: syntax-highlighting every function's source was a
+# third of the build's time, and it warns about nothing (pdoc's warnings come from the
+# docstrings, annotations and links, which are all still rendered).
 _BUILD = """
 import json, pathlib, pkgutil, sys, warnings
-import pdoc
+import pdoc, pdoc.render
 import jaxcnn
+
+pdoc.render.configure(show_source=False)
 
 # jaxcnn's __all__ hides its submodules from pdoc's walk, so name them; pdoc walks
 # subpackages itself.
