@@ -283,9 +283,10 @@ _THIRD_PARTY = re.compile(
     r"Error parsing type annotation .* for \S*(TrainState|_init)\S*\. Import of "
     r"(ArrayTree|Array|core|DTypeLikeInexact|OutShardingType) failed")
 
-# Without the "View Source" blocks: syntax-highlighting every function's source was a
-# third of the build's time, and it warns about nothing (pdoc's warnings come from the
-# docstrings, annotations and links, which are all still rendered).
+# Without the "View Source" blocks: syntax-highlighting every function's source was about
+# a quarter of the build's time, and it warns about nothing (pdoc's warnings come from the
+# docstrings, annotations and links, which are all still rendered; the warnings are the
+# same either way).
 _BUILD = """
 import json, pathlib, pkgutil, sys, warnings
 import pdoc, pdoc.render
