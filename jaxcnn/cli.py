@@ -593,11 +593,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     import jax
 
-    mesh = None
-    if jax.process_count() > 1:  # a job: the test split sharded over every process
-        from jaxcnn import sharding as shd
+    from jaxcnn import sharding as shd
 
-        mesh = shd.make_mesh()
+    # In a job the test split is sharded over every process; alone, one device.
+    mesh = shd.make_mesh() if jax.process_count() > 1 else None
     r = load(args.workdir, _which(args), shd.replicated(mesh) if mesh is not None else None)
     c = r.config
     dataset = load_dataset(c.data.dataset, validation_fraction=c.data.validation_fraction,
@@ -1059,9 +1058,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return failed(EXIT_ERROR, f"error: {e.strerror or e}{where}; free space or fix "
                       "permissions and run again (checkpoints already written are kept)")
-    except BaseException as e:
-        if not isinstance(e, Exception):
-            raise
+    except Exception as e:  # noqa: BLE001 - reported to the job's other processes
         from jaxcnn.distributed import current
 
         if current().num_processes == 1:

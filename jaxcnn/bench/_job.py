@@ -38,10 +38,10 @@ def _median_seconds(run, repeats: int, steps: int) -> tuple[float, list[float]]:
 def _allreduce(mesh, params):
     """A jitted sum over the mesh of one gradient-sized buffer per device, and its input."""
     size = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    n = mesh.devices.size
-    per_device = shd.put_batch((np.ones((jax.local_device_count() if jax.process_count() > 1
-                                         else n, size), np.float32),),
-                               shd.batch_sharding(mesh), n)[0]
+    n, sharding = mesh.devices.size, shd.batch_sharding(mesh)
+    rows = shd.local_rows(sharding, n)  # this process's devices' rows: one per device
+    per_device = shd.put_batch((np.ones((rows.stop - rows.start, size), np.float32),),
+                               sharding, n)[0]
     fn = jax.jit(lambda g: g.sum(axis=0), out_shardings=shd.replicated(mesh))
     return fn, per_device
 
